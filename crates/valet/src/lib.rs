@@ -2,4 +2,12 @@
 //!
 //! ARCHITECTURE.md at the repository root maps the modules and states the invariants.
 
+pub mod api;
+pub mod cli;
+pub mod http;
 pub mod key;
+pub mod model;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod usage;

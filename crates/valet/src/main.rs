@@ -1,1 +1,5 @@
-fn main() {}
+//! The `valet` binary; all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    valet::cli::main()
+}

@@ -23,6 +23,21 @@ pub fn encode_fixed(mut value: u64, width: usize) -> Option<String> {
     Some(String::from_utf8(digits).expect("base62 digits are ASCII"))
 }
 
+/// Decodes digits written by [`encode_fixed`]; returns `None` on a non-digit or overflow.
+pub fn decode(text: &str) -> Option<u64> {
+    let mut value: u64 = 0;
+    for byte in text.bytes() {
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'A'..=b'Z' => byte - b'A' + 10,
+            b'a'..=b'z' => byte - b'a' + 36,
+            _ => return None,
+        };
+        value = value.checked_mul(62)?.checked_add(u64::from(digit))?;
+    }
+    Some(value)
+}
+
 /// Fills a string of `len` digits drawn uniformly from the operating system's CSPRNG.
 ///
 /// Rejection sampling keeps the draw uniform: a random byte is used only when it is below
@@ -52,6 +67,16 @@ mod tests {
         assert_eq!(encode_fixed(61, 6).as_deref(), Some("00000z"));
         assert_eq!(encode_fixed(62, 6).as_deref(), Some("000010"));
         assert_eq!(encode_fixed(u32::MAX as u64, 6).as_deref(), Some("4gfFC3"));
+    }
+
+    #[test]
+    fn decode_inverts_encode_fixed() {
+        for value in [0, 1, 61, 62, 12_345_678, u64::from(u32::MAX), u64::MAX] {
+            let text = encode_fixed(value, 11).unwrap();
+            assert_eq!(decode(&text), Some(value), "{text}");
+        }
+        assert_eq!(decode("zzzzzzzzzzzz"), None);
+        assert_eq!(decode("ab-c"), None);
     }
 
     #[test]

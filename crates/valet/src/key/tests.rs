@@ -27,16 +27,15 @@ fn format(prefix: &str) -> KeyFormat {
 #[test]
 fn checksum_matches_zlib_vectors() {
     assert_eq!(checksum(""), "000000");
-    assert_eq!(
-        checksum(&format!("vk_live_3fK9aZ1q_{SECRET_A}")),
-        "3jycpD"
-    );
+    assert_eq!(checksum(&format!("vk_live_3fK9aZ1q_{SECRET_A}")), "3jycpD");
 }
 
 #[test]
 fn parse_accepts_fixed_vectors() {
     for (prefix, key) in VECTORS {
-        let parsed = format(prefix).parse(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let parsed = format(prefix)
+            .parse(key)
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
         let id = key.split('_').nth(2).unwrap();
         assert_eq!(parsed.id().as_str(), id);
     }
@@ -54,30 +53,55 @@ fn parse_names_the_wrong_part() {
     let good = VECTORS[0].1;
     let cases: Vec<(String, KeyFormatError)> = vec![
         (String::new(), KeyFormatError::Empty),
-        ("x".repeat(MAX_KEY_LEN + 1), KeyFormatError::TooLong { len: MAX_KEY_LEN + 1 }),
+        (
+            "x".repeat(MAX_KEY_LEN + 1),
+            KeyFormatError::TooLong {
+                len: MAX_KEY_LEN + 1,
+            },
+        ),
         ("vk_live_abc".into(), KeyFormatError::PartCount { parts: 3 }),
-        (format!("{good}_extra"), KeyFormatError::PartCount { parts: 6 }),
+        (
+            format!("{good}_extra"),
+            KeyFormatError::PartCount { parts: 6 },
+        ),
         (
             good.replacen("vk_", "sk_", 1),
-            KeyFormatError::Prefix { expected: "vk".into() },
+            KeyFormatError::Prefix {
+                expected: "vk".into(),
+            },
         ),
         (good.replacen("_live_", "_prod_", 1), KeyFormatError::Env),
         (good.replacen("3fK9aZ1q", "3fK9aZ1", 1), KeyFormatError::Id),
         (good.replacen("3fK9aZ1q", "3fK9aZ1-", 1), KeyFormatError::Id),
         (good.replacen("0123", "012", 1), KeyFormatError::Secret),
         (good.replacen("0123", "01é", 1), KeyFormatError::Secret),
-        (good.replacen("3jycpD", "3jycp", 1), KeyFormatError::ChecksumFormat),
-        (good.replacen("3jycpD", "3jycpE", 1), KeyFormatError::ChecksumMismatch),
+        (
+            good.replacen("3jycpD", "3jycp", 1),
+            KeyFormatError::ChecksumFormat,
+        ),
+        (
+            good.replacen("3jycpD", "3jycpE", 1),
+            KeyFormatError::ChecksumMismatch,
+        ),
     ];
     for (input, expected) in cases {
-        assert_eq!(format("vk").parse(&input).err(), Some(expected), "input {input:?}");
+        assert_eq!(
+            format("vk").parse(&input).err(),
+            Some(expected),
+            "input {input:?}"
+        );
     }
 }
 
 #[test]
 fn parse_rejects_other_prefix_vector() {
     let err = format("vk").parse(VECTORS[2].1).unwrap_err();
-    assert_eq!(err, KeyFormatError::Prefix { expected: "vk".into() });
+    assert_eq!(
+        err,
+        KeyFormatError::Prefix {
+            expected: "vk".into()
+        }
+    );
 }
 
 #[test]

@@ -1,0 +1,88 @@
+//! The `valet` command line: `serve`, and `keys` subcommands that work on the store directly.
+
+mod keys;
+mod serve;
+mod table;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::key::{KeyFormat, KeyPrefix};
+use crate::service::KeyService;
+use crate::store;
+
+/// Exit code for a command that failed.
+const EXIT_FAILURE: u8 = 1;
+
+/// Valet: API keys for machine-to-machine traffic.
+#[derive(Debug, Parser)]
+#[command(name = "valet", version, about)]
+pub struct Cli {
+    /// Store to use: sqlite://PATH, relative or absolute (sqlite:///var/lib/valet/valet.db).
+    /// The file is created if missing.
+    #[arg(
+        long,
+        env = "VALET_DATABASE_URL",
+        default_value = "sqlite://valet.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Product tag at the start of every key: 2 to 10 characters, [a-z][a-z0-9]*.
+    /// Keys with another prefix are rejected as malformed.
+    #[arg(long, env = "VALET_KEY_PREFIX", default_value = "vk", global = true)]
+    pub key_prefix: KeyPrefix,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Manage keys directly in the store, without the HTTP API.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let service = open_service(&cli).await?;
+    match cli.command {
+        Command::Serve(args) => serve::run(service, args).await,
+        Command::Keys(command) => keys::run(&service, command).await,
+    }
+}
+
+async fn open_service(cli: &Cli) -> anyhow::Result<Arc<KeyService>> {
+    let store = store::connect(&cli.database_url)
+        .await
+        .map_err(|err| anyhow::anyhow!("could not open the store at --database-url: {err}"))?;
+    let format = KeyFormat::new(cli.key_prefix.clone());
+    Ok(Arc::new(KeyService::new(store, format)))
+}

@@ -1,0 +1,126 @@
+//! `valet serve`: the HTTP server, with first-run bootstrap and graceful shutdown.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{self, AppState};
+use crate::service::{CreatedKey, KeyService};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        store = service.store().backend(),
+        key_prefix = %service.format().prefix(),
+        "starting valet"
+    );
+
+    if let Some(created) = service.bootstrap_admin().await? {
+        print_bootstrap_key(&created, args.listen)?;
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let flusher = tokio::spawn(
+        service
+            .usage()
+            .clone()
+            .run_flusher(service.store().clone(), stop_rx),
+    );
+
+    let state = AppState {
+        service: service.clone(),
+    };
+    http::serve(listener, state, shutdown_signal()).await?;
+
+    let _ = stop_tx.send(true);
+    let _ = flusher.await;
+    tracing::info!("valet stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the bootstrap admin key once on standard output, never through the log.
+fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "==================== VALET BOOTSTRAP ADMIN KEY ===================="
+    )?;
+    writeln!(
+        out,
+        "The store was empty, so Valet created a key with scope `admin`."
+    )?;
+    writeln!(
+        out,
+        "It is shown only this once and cannot be recovered. Store it now:"
+    )?;
+    writeln!(out)?;
+    writeln!(out, "    {}", created.raw.expose())?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Use it as a bearer token on the management API, for example:"
+    )?;
+    writeln!(out, "    export VALET_ADMIN_KEY='<the key above>'")?;
+    writeln!(
+        out,
+        "    curl -H \"Authorization: Bearer $VALET_ADMIN_KEY\" http://{listen}/v1/keys"
+    )?;
+    writeln!(out, "Key id: {}", created.record.id)?;
+    writeln!(
+        out,
+        "==================================================================="
+    )?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "could not listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

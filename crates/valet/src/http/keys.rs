@@ -1,0 +1,247 @@
+//! Handlers for `/v1/keys`: create, list, show, update, roll, revoke and verify.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+
+use super::AppState;
+use super::auth::{ADMIN_SCOPE, VERIFY_SCOPE, authorize};
+use super::extract::{ApiJson, KeyIdPath, OptionalJson};
+use super::problem::ApiError;
+use crate::api::{CreatedKeyObject, KeyListObject, KeyObject, RolledKeyObject, VerifyObject};
+use crate::key::KeyEnv;
+use crate::model::{KeyName, KeyUpdate, Metadata, Owner, Scopes};
+use crate::service::{DEFAULT_GRACE, NewKey};
+use crate::store::{Cursor, ListQuery};
+
+/// Page size when the request names none.
+const DEFAULT_LIMIT: u32 = 50;
+/// Largest page a request may ask for.
+const MAX_LIMIT: u32 = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    env: KeyEnv,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKeyObject>), ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+
+    let new = NewKey {
+        name: KeyName::parse(&body.name).map_err(invalid)?,
+        owner: body
+            .owner
+            .as_deref()
+            .map(Owner::parse)
+            .transpose()
+            .map_err(invalid)?,
+        scopes: Scopes::parse("scopes", &body.scopes).map_err(invalid)?,
+        env: body.env,
+        metadata: Metadata::parse(
+            body.metadata
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )
+        .map_err(invalid)?,
+        expires_at: body.expires_at,
+    };
+    let created = state.service.create(new).await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    owner: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KeyListObject>, ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "the query string is not valid ({}); accepted parameters are limit, cursor and owner, each at most once",
+                rejection.body_text()
+            ),
+        )
+    })?;
+
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|text| {
+            Cursor::decode(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "`cursor` is not one this server issued: pass `next_cursor` from the previous page unchanged",
+                )
+            })
+        })
+        .transpose()?;
+
+    let query = ListQuery {
+        owner: params.owner,
+        limit,
+        after,
+    };
+    let page = state.service.list(&query).await?;
+    Ok(Json(page.into()))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    KeyIdPath(id): KeyIdPath,
+) -> Result<Json<KeyObject>, ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+    Ok(Json(state.service.get(&id).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    owner: Option<Option<String>>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    KeyIdPath(id): KeyIdPath,
+    ApiJson(body): ApiJson<UpdateKeyRequest>,
+) -> Result<Json<KeyObject>, ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+
+    let update = KeyUpdate {
+        name: body
+            .name
+            .as_deref()
+            .map(KeyName::parse)
+            .transpose()
+            .map_err(invalid)?,
+        owner: body
+            .owner
+            .map(|owner| owner.as_deref().map(Owner::parse).transpose())
+            .transpose()
+            .map_err(invalid)?,
+        scopes: body
+            .scopes
+            .map(|scopes| Scopes::parse("scopes", &scopes))
+            .transpose()
+            .map_err(invalid)?,
+        metadata: body
+            .metadata
+            .map(Metadata::parse)
+            .transpose()
+            .map_err(invalid)?,
+    };
+    if update.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_update",
+            "the body changes nothing: send one or more of name, owner, scopes and metadata",
+        ));
+    }
+    Ok(Json(state.service.update(&id, update).await?.into()))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollRequest {
+    #[serde(default)]
+    grace_period_seconds: Option<i64>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+pub async fn roll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    KeyIdPath(id): KeyIdPath,
+    OptionalJson(body): OptionalJson<RollRequest>,
+) -> Result<(StatusCode, Json<RolledKeyObject>), ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+    let grace = body
+        .grace_period_seconds
+        .map_or(DEFAULT_GRACE, Duration::seconds);
+    let rolled = state.service.roll(&id, grace, body.expires_at).await?;
+    Ok((StatusCode::CREATED, Json(rolled.into())))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    KeyIdPath(id): KeyIdPath,
+) -> Result<Json<KeyObject>, ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+    Ok(Json(state.service.revoke(&id).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    key: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyObject>, ApiError> {
+    authorize(&state, &headers, &[ADMIN_SCOPE, VERIFY_SCOPE]).await?;
+    let required = Scopes::parse("scopes", &body.scopes).map_err(invalid)?;
+    let verification = state.service.verify(&body.key, &required).await?;
+    Ok(Json(verification.into()))
+}
+
+fn invalid(err: crate::model::InvalidField) -> ApiError {
+    ApiError::unprocessable("invalid_field", err.to_string())
+}

@@ -1,0 +1,120 @@
+//! The HTTP API: routes, shared state, request logging and graceful shutdown.
+//!
+//! This module alone knows HTTP. Handlers parse input into domain types, call
+//! [`KeyService`], and turn the result into JSON or problem details.
+
+mod auth;
+mod extract;
+mod keys;
+mod problem;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use auth::{ADMIN_SCOPE, VERIFY_SCOPE};
+pub use problem::ApiError;
+
+use crate::service::KeyService;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<KeyService>,
+}
+
+/// Builds the router with every route, the body limit and request logging.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/verify", post(keys::verify))
+        .route("/v1/keys/{id}", get(keys::show).patch(keys::update))
+        .route("/v1/keys/{id}/roll", post(keys::roll))
+        .route("/v1/keys/{id}/revoke", post(keys::revoke))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Liveness: answers while the process serves, without touching the store.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: answers 200 only when the store answers a query.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.service.store().ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed: store not answering");
+            ApiError::store_unavailable().into_response()
+        }
+    }
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such endpoint; the API lives under /v1/keys",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that HTTP method",
+    )
+}
+
+/// Runs each request in a span with its method and matched route pattern. The full URI is
+/// never logged, because a query string can carry a key.
+async fn log_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let span = tracing::debug_span!("request", method = %request.method(), route = %route);
+    let started = Instant::now();
+    async move {
+        let response = next.run(request).await;
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request finished"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}

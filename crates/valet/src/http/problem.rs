@@ -1,0 +1,196 @@
+//! Errors of the management and verify API as RFC 9457 problem details.
+//!
+//! Every error leaves as `application/problem+json` with a stable `code` that clients can
+//! match on. A 5xx answer carries a generic detail; the full error is logged once here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::service::ServiceError;
+use crate::store::StoreError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// An error answer: status, stable code and a detail that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    www_authenticate: Option<String>,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+}
+
+impl ApiError {
+    /// Creates an error with `status`, a stable `code` and a human-readable `detail`.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            www_authenticate: None,
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `WWW-Authenticate` challenge.
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.www_authenticate = Some(challenge);
+        self
+    }
+
+    /// Returns the stable code, for logs and tests.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    /// A 503 for a store that cannot be reached, with `Retry-After`.
+    pub fn store_unavailable() -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the key store is not answering; retry after the number of seconds in Retry-After",
+        );
+        err.retry_after = Some(RETRY_AFTER_SECONDS);
+        err
+    }
+
+    /// A 500 whose cause is logged here and never sent to the client.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error_chain(cause), "request failed with an internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server failed to handle the request; the cause is in its log",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "key_not_found", err.to_string())
+            }
+            ServiceError::AlreadyRolled { .. } => {
+                Self::new(StatusCode::CONFLICT, "key_already_rolled", err.to_string())
+            }
+            ServiceError::RollRevoked(_) => {
+                Self::new(StatusCode::CONFLICT, "key_revoked", err.to_string())
+            }
+            ServiceError::RollExpired(_) => {
+                Self::new(StatusCode::CONFLICT, "key_expired", err.to_string())
+            }
+            ServiceError::InvalidField(ref invalid) => {
+                Self::unprocessable("invalid_field", invalid.to_string())
+            }
+            ServiceError::Store(StoreError::Unavailable(ref cause)) => {
+                tracing::warn!(error = %cause, "key store unavailable");
+                Self::store_unavailable()
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ProblemBody {
+            kind: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+        };
+        let json = serde_json::to_vec(&body).expect("problem details serialize");
+        let mut response = (self.status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Writes an error and its sources on one line, outermost first.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Replaces anything that starts like a key of this server (`<prefix>_`) with
+/// `[REDACTED]`, so that an error built from client input never echoes a key.
+pub fn redact_keys(text: &str, prefix: &str) -> String {
+    let marker = format!("{prefix}_");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(&marker) {
+        out.push_str(&rest[..start]);
+        out.push_str("[REDACTED]");
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_keys_hides_every_key() {
+        let text = "unknown variant `vk_live_abc_def_ghi`, expected `live` or vk_test_x";
+        assert_eq!(
+            redact_keys(text, "vk"),
+            "unknown variant `[REDACTED]`, expected `live` or [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn redact_keys_keeps_other_text() {
+        assert_eq!(
+            redact_keys("missing field `name`", "vk"),
+            "missing field `name`"
+        );
+    }
+}

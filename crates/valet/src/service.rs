@@ -1,0 +1,468 @@
+//! The key lifecycle: create, verify, roll, revoke and update, on top of any [`KeyStore`].
+//!
+//! Both the HTTP API and the CLI call this module, so every rule about keys (which checks
+//! come first, what a roll changes, what counts as use) lives here once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::key::{KeyEnv, KeyFormat, KeyId, RawKey};
+use crate::model::{
+    self, InvalidField, KeyName, KeyRecord, KeyUpdate, Metadata, NewKeyRecord, Owner, Scopes,
+};
+use crate::store::{KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::usage::UsageTracker;
+
+/// Grace period a rolled key keeps when the caller names none.
+pub const DEFAULT_GRACE: Duration = Duration::hours(24);
+/// Longest grace period a roll allows.
+pub const MAX_GRACE: Duration = Duration::days(7);
+/// How many fresh ids a create tries before giving up on collisions.
+const ID_ATTEMPTS: usize = 4;
+
+/// Outcome of verifying a presented key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyCode {
+    Valid,
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    InsufficientScope,
+}
+
+impl VerifyCode {
+    /// Every code, in a fixed order for counters and reports.
+    pub const ALL: [VerifyCode; 6] = [
+        Self::Valid,
+        Self::Malformed,
+        Self::NotFound,
+        Self::Expired,
+        Self::Revoked,
+        Self::InsufficientScope,
+    ];
+
+    /// Returns the code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::Malformed => "MALFORMED",
+            Self::NotFound => "NOT_FOUND",
+            Self::Expired => "EXPIRED",
+            Self::Revoked => "REVOKED",
+            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|c| *c == self)
+            .expect("code is listed")
+    }
+}
+
+/// Result of a verification. `key` is set whenever the id was found and the secret matched.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    pub code: VerifyCode,
+    pub key: Option<KeyRecord>,
+    /// Why the key is not valid, in words safe to show its holder.
+    pub message: Option<String>,
+}
+
+impl Verification {
+    fn fail(code: VerifyCode, key: Option<KeyRecord>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            key,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// Validated input for a new key.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    pub name: KeyName,
+    pub owner: Option<Owner>,
+    pub scopes: Scopes,
+    pub env: KeyEnv,
+    pub metadata: Metadata,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A key just created; the only value that ever holds its raw form.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub record: KeyRecord,
+    pub raw: RawKey,
+}
+
+/// A roll's new key and the old key with its shortened expiry.
+#[derive(Debug)]
+pub struct RolledKey {
+    pub successor: CreatedKey,
+    pub previous: KeyRecord,
+}
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("key {0} not found")]
+    NotFound(KeyId),
+    #[error(
+        "key {id} was already rolled; its successor is {successor}: roll the successor instead"
+    )]
+    AlreadyRolled { id: KeyId, successor: KeyId },
+    #[error("key {0} is revoked and cannot be rolled: create a new key instead")]
+    RollRevoked(KeyId),
+    #[error("key {0} has expired and cannot be rolled: create a new key instead")]
+    RollExpired(KeyId),
+    #[error(transparent)]
+    InvalidField(#[from] InvalidField),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not draw random bytes from the operating system: {0}")]
+    Random(getrandom::Error),
+    #[error("could not find a free key id after {ID_ATTEMPTS} attempts")]
+    IdExhausted,
+}
+
+/// Verification counts by code since start.
+#[derive(Debug, Default)]
+pub struct VerifyStats {
+    counts: [AtomicU64; 6],
+}
+
+impl VerifyStats {
+    fn count(&self, code: VerifyCode) {
+        self.counts[code.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns the count for each code, in [`VerifyCode::ALL`] order.
+    pub fn snapshot(&self) -> [(VerifyCode, u64); 6] {
+        VerifyCode::ALL.map(|code| (code, self.counts[code.index()].load(Ordering::Relaxed)))
+    }
+}
+
+/// The key lifecycle over one store.
+pub struct KeyService {
+    store: Arc<dyn KeyStore>,
+    format: KeyFormat,
+    usage: Arc<UsageTracker>,
+    stats: VerifyStats,
+}
+
+impl KeyService {
+    pub fn new(store: Arc<dyn KeyStore>, format: KeyFormat) -> Self {
+        Self {
+            store,
+            format,
+            usage: Arc::new(UsageTracker::default()),
+            stats: VerifyStats::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    pub fn format(&self) -> &KeyFormat {
+        &self.format
+    }
+
+    pub fn usage(&self) -> &Arc<UsageTracker> {
+        &self.usage
+    }
+
+    pub fn stats(&self) -> &VerifyStats {
+        &self.stats
+    }
+
+    /// Creates a key and returns it with its raw form, which is never available again.
+    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ServiceError> {
+        let now = model::now();
+        if new.expires_at.is_some_and(|at| at <= now) {
+            return Err(InvalidField::new("expires_at", "must be in the future").into());
+        }
+        let created = self.insert_fresh(new, now).await?;
+        tracing::info!(key_id = %created.record.id, env = %created.record.env, "created key");
+        Ok(created)
+    }
+
+    /// Inserts `new` under a fresh random id, drawing again on the rare collision.
+    async fn insert_fresh(
+        &self,
+        new: NewKey,
+        now: OffsetDateTime,
+    ) -> Result<CreatedKey, ServiceError> {
+        for _ in 0..ID_ATTEMPTS {
+            let (record, raw) = self.new_record(&new, now)?;
+            match self.store.insert_key(&record).await {
+                Ok(record) => return Ok(CreatedKey { record, raw }),
+                Err(StoreError::IdTaken) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ServiceError::IdExhausted)
+    }
+
+    fn new_record(
+        &self,
+        new: &NewKey,
+        now: OffsetDateTime,
+    ) -> Result<(NewKeyRecord, RawKey), ServiceError> {
+        let id = KeyId::generate().map_err(ServiceError::Random)?;
+        let raw = self
+            .format
+            .generate(new.env, &id)
+            .map_err(ServiceError::Random)?;
+        let hash = self
+            .format
+            .parse(raw.expose())
+            .expect("a generated key parses")
+            .hash();
+        let record = NewKeyRecord {
+            id,
+            hash,
+            name: new.name.clone(),
+            owner: new.owner.clone(),
+            scopes: new.scopes.clone(),
+            env: new.env,
+            metadata: new.metadata.clone(),
+            created_at: now,
+            expires_at: new.expires_at,
+        };
+        Ok((record, raw))
+    }
+
+    /// Verifies a presented key and checks that it holds every scope in `required`.
+    ///
+    /// Checks run from cheapest to dearest: format and checksum without I/O, then the id
+    /// lookup, and only for a known id the SHA-256 and constant-time comparison.
+    pub async fn verify(
+        &self,
+        presented: &str,
+        required: &Scopes,
+    ) -> Result<Verification, ServiceError> {
+        let verification = self.check(presented, required).await?;
+        self.stats.count(verification.code);
+        if verification.code != VerifyCode::Valid {
+            tracing::debug!(code = verification.code.as_str(), "verification failed");
+        }
+        Ok(verification)
+    }
+
+    async fn check(
+        &self,
+        presented: &str,
+        required: &Scopes,
+    ) -> Result<Verification, ServiceError> {
+        let parsed = match self.format.parse(presented) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                return Ok(Verification::fail(
+                    VerifyCode::Malformed,
+                    None,
+                    err.to_string(),
+                ));
+            }
+        };
+        let Some(stored) = self.store.find_key(&parsed.id()).await? else {
+            return Ok(not_found());
+        };
+        if !stored.hash.matches(&parsed.hash()) {
+            return Ok(not_found());
+        }
+
+        let now = model::now();
+        let mut record = stored.record;
+        self.overlay_usage(&mut record);
+        if let Some(at) = record.revoked_at {
+            let message = format!("key was revoked at {}", rfc3339(at));
+            return Ok(Verification::fail(
+                VerifyCode::Revoked,
+                Some(record),
+                message,
+            ));
+        }
+        if let Some(at) = record.expires_at.filter(|_| record.is_expired(now)) {
+            let message = format!("key expired at {}", rfc3339(at));
+            return Ok(Verification::fail(
+                VerifyCode::Expired,
+                Some(record),
+                message,
+            ));
+        }
+        if let Some(missing) = record.missing_scope(required) {
+            let message = format!("key lacks the required scope `{missing}`");
+            return Ok(Verification::fail(
+                VerifyCode::InsufficientScope,
+                Some(record),
+                message,
+            ));
+        }
+
+        self.usage.record(&record.id, now);
+        record.last_used_at = Some(now);
+        Ok(Verification {
+            code: VerifyCode::Valid,
+            key: Some(record),
+            message: None,
+        })
+    }
+
+    /// Loads one key.
+    pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, ServiceError> {
+        let stored = self
+            .store
+            .find_key(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        let mut record = stored.record;
+        self.overlay_usage(&mut record);
+        Ok(record)
+    }
+
+    /// Lists keys newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<KeyPage, ServiceError> {
+        let mut page = self.store.list_keys(query).await?;
+        for record in &mut page.keys {
+            self.overlay_usage(record);
+        }
+        Ok(page)
+    }
+
+    /// Changes name, owner, scopes or metadata.
+    pub async fn update(&self, id: &KeyId, update: KeyUpdate) -> Result<KeyRecord, ServiceError> {
+        let mut record = self
+            .store
+            .update_key(id, &update)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        self.overlay_usage(&mut record);
+        tracing::info!(key_id = %id, "updated key");
+        Ok(record)
+    }
+
+    /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.
+    pub async fn revoke(&self, id: &KeyId) -> Result<KeyRecord, ServiceError> {
+        let mut record = self
+            .store
+            .revoke_key(id, model::now())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        self.overlay_usage(&mut record);
+        tracing::info!(key_id = %id, "revoked key");
+        Ok(record)
+    }
+
+    /// Issues a successor with the same name, owner, scopes, env and metadata, and lets the
+    /// old key live until the earlier of its own expiry and now plus `grace`.
+    pub async fn roll(
+        &self,
+        id: &KeyId,
+        grace: Duration,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<RolledKey, ServiceError> {
+        if grace.is_negative() || grace > MAX_GRACE {
+            return Err(InvalidField::new(
+                "grace_period_seconds",
+                format!(
+                    "must be between 0 and {} seconds (7 days)",
+                    MAX_GRACE.whole_seconds()
+                ),
+            )
+            .into());
+        }
+        let now = model::now();
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(InvalidField::new("expires_at", "must be in the future").into());
+        }
+        let current = self.get(id).await?;
+        let template = NewKey {
+            name: KeyName::parse(&current.name)?,
+            owner: current.owner.as_deref().map(Owner::parse).transpose()?,
+            scopes: Scopes::parse("scopes", &current.scopes)?,
+            env: current.env,
+            metadata: Metadata::parse(current.metadata.clone().into())?,
+            expires_at,
+        };
+
+        for _ in 0..ID_ATTEMPTS {
+            let (successor, raw) = self.new_record(&template, now)?;
+            let outcome = match self.store.roll_key(id, &successor, now + grace).await {
+                Err(StoreError::IdTaken) => continue,
+                other => other?,
+            };
+            return match outcome {
+                RollOutcome::Rolled {
+                    previous,
+                    successor,
+                } => {
+                    tracing::info!(key_id = %id, successor_id = %successor.id, "rolled key");
+                    Ok(RolledKey {
+                        successor: CreatedKey {
+                            record: successor,
+                            raw,
+                        },
+                        previous,
+                    })
+                }
+                RollOutcome::NotFound => Err(ServiceError::NotFound(id.clone())),
+                RollOutcome::AlreadyRolled(record) => Err(ServiceError::AlreadyRolled {
+                    id: id.clone(),
+                    successor: record.successor_id.expect("a rolled key has a successor"),
+                }),
+                RollOutcome::Revoked(_) => Err(ServiceError::RollRevoked(id.clone())),
+                RollOutcome::Expired(_) => Err(ServiceError::RollExpired(id.clone())),
+            };
+        }
+        Err(ServiceError::IdExhausted)
+    }
+
+    /// Creates a key with scope `admin` when the store holds no key at all, so that a new
+    /// installation can be managed over HTTP.
+    ///
+    /// NOTE: two processes starting at once on one empty store can each create one.
+    pub async fn bootstrap_admin(&self) -> Result<Option<CreatedKey>, ServiceError> {
+        if self.store.count_keys().await? > 0 {
+            return Ok(None);
+        }
+        let new = NewKey {
+            name: KeyName::parse("bootstrap admin")?,
+            owner: None,
+            scopes: Scopes::parse("scopes", &["admin"])?,
+            env: KeyEnv::Live,
+            metadata: Metadata::default(),
+            expires_at: None,
+        };
+        let created = self.create(new).await?;
+        tracing::info!(key_id = %created.record.id, "created bootstrap admin key on empty store");
+        Ok(Some(created))
+    }
+
+    fn overlay_usage(&self, record: &mut KeyRecord) {
+        if let Some(at) = self.usage.pending(&record.id) {
+            record.last_used_at = Some(record.last_used_at.map_or(at, |stored| stored.max(at)));
+        }
+    }
+}
+
+fn not_found() -> Verification {
+    Verification::fail(
+        VerifyCode::NotFound,
+        None,
+        "no key matches: the id is unknown or the secret is wrong",
+    )
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}

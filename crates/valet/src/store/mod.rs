@@ -1,0 +1,197 @@
+//! The storage boundary: the [`KeyStore`] trait and the backends that implement it.
+//!
+//! The service layer talks only to this trait, so a backend can be added without touching
+//! verification or HTTP code. Backends store hashes, never raw keys.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::key::{KeyId, base62};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time; retrying may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A generated key id collided with an existing one.
+    #[error("key id already exists")]
+    IdTaken,
+    /// A row could not be read back into a key; the message names the id and column.
+    #[error("stored key {id} is unreadable: {reason}")]
+    Corrupt { id: String, reason: String },
+    /// Any other database error.
+    #[error("store query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL: {0}")]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => Self::IdTaken,
+            other => Self::Query(other),
+        }
+    }
+}
+
+/// Position in the list of keys, newest first. Clients treat it as an opaque string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor(i64);
+
+impl Cursor {
+    /// Wraps a store sequence number.
+    pub fn new(seq: i64) -> Self {
+        Self(seq)
+    }
+
+    /// Returns the store sequence number this cursor continues after.
+    pub fn seq(self) -> i64 {
+        self.0
+    }
+
+    /// Parses a cursor from a previous page's `next_cursor`.
+    pub fn decode(text: &str) -> Option<Self> {
+        if text.len() != 11 {
+            return None;
+        }
+        let seq = base62::decode(text)?;
+        i64::try_from(seq).ok().map(Self)
+    }
+
+    /// Writes the cursor as 11 base62 digits.
+    pub fn encode(self) -> String {
+        base62::encode_fixed(self.0 as u64, 11).expect("an i64 fits in 11 base62 digits")
+    }
+}
+
+/// Which keys to list.
+#[derive(Clone, Debug)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    pub limit: u32,
+    pub after: Option<Cursor>,
+}
+
+/// One page of keys, newest first.
+#[derive(Clone, Debug)]
+pub struct KeyPage {
+    pub keys: Vec<KeyRecord>,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// The result of a roll, decided inside the store's transaction.
+#[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per roll and consumed at once; boxing buys nothing"
+)]
+pub enum RollOutcome {
+    Rolled {
+        previous: KeyRecord,
+        successor: KeyRecord,
+    },
+    NotFound,
+    AlreadyRolled(KeyRecord),
+    Revoked(KeyRecord),
+    Expired(KeyRecord),
+}
+
+/// Persistent storage for keys.
+///
+/// Every method is one atomic operation. Implementations must never store a raw key.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Returns a short backend name for logs, such as `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts all keys, in any state.
+    async fn count_keys(&self) -> Result<u64, StoreError>;
+
+    /// Inserts a key; fails with [`StoreError::IdTaken`] when its id exists.
+    async fn insert_key(&self, key: &NewKeyRecord) -> Result<KeyRecord, StoreError>;
+
+    /// Loads a key and its hash by id.
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError>;
+
+    /// Lists keys newest first.
+    async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError>;
+
+    /// Applies `update`; returns `None` when the id is unknown.
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Sets `revoked_at` to `at` unless the key is revoked already; returns `None` when the
+    /// id is unknown.
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// In one transaction, inserts `successor` and moves the old key's expiry to the earlier
+    /// of its current expiry and `grace_until`, recording the successor's id.
+    ///
+    /// Only a key that is neither revoked, expired at `successor.created_at`, nor rolled
+    /// already can be rolled; otherwise nothing changes and the outcome says why.
+    async fn roll_key(
+        &self,
+        id: &KeyId,
+        successor: &NewKeyRecord,
+        grace_until: OffsetDateTime,
+    ) -> Result<RollOutcome, StoreError>;
+
+    /// Raises `last_used_at` of each key to the given time; never lowers it.
+    async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+}
+
+/// Opens the store that `url` names and applies its migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::connect(url).await?));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(StoreError::UnsupportedUrl(format!(
+        "scheme `{scheme}` is not supported; use sqlite://PATH, for example sqlite://valet.db"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips() {
+        for seq in [0, 1, 99, i64::MAX] {
+            let cursor = Cursor::new(seq);
+            assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        }
+    }
+
+    #[test]
+    fn cursor_decode_rejects_garbage() {
+        for bad in ["", "abc", "zzzzzzzzzzz", "0000000000-"] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The embedded SQLite backend, the default store.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+
+use super::{Cursor, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::key::{KeyEnv, KeyHash, KeyId};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, from_micros, to_micros};
+
+const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
+                       expires_at, revoked_at, last_used_at, successor_id";
+
+/// A key store in one SQLite file, in WAL mode.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens `url` (`sqlite://PATH`), creating the file if missing, and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StoreError::UnsupportedUrl(format!("invalid SQLite URL: {err}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL syncs the WAL on every commit, so an acknowledged change survives a
+            // power cut as well as a crash of the process.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn fetch_record(
+        executor: impl sqlx::SqliteExecutor<'_>,
+        id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(executor)
+            .await?;
+        row.map(|row| read_record(&row)).transpose()
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
+    async fn insert_key(&self, key: &NewKeyRecord) -> Result<KeyRecord, StoreError> {
+        insert(&self.pool, key).await?;
+        Self::fetch_record(&self.pool, &key.id)
+            .await?
+            .ok_or_else(|| corrupt(key.id.as_str(), "row missing right after insert"))
+    }
+
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash_bytes: Vec<u8> = row.try_get("key_hash")?;
+        let hash = KeyHash::from_slice(&hash_bytes)
+            .ok_or_else(|| corrupt(id.as_str(), "key_hash is not 32 bytes"))?;
+        Ok(Some(StoredKey {
+            record: read_record(&row)?,
+            hash,
+        }))
+    }
+
+    async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError> {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM api_keys WHERE 1 = 1"));
+        if let Some(owner) = &query.owner {
+            builder.push(" AND owner = ").push_bind(owner.clone());
+        }
+        if let Some(after) = query.after {
+            builder.push(" AND seq < ").push_bind(after.seq());
+        }
+        // One extra row tells whether another page follows.
+        builder
+            .push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = builder.build().fetch_all(&self.pool).await?;
+
+        let more = rows.len() > query.limit as usize;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut last_seq = None;
+        for row in rows.iter().take(query.limit as usize) {
+            keys.push(read_record(row)?);
+            last_seq = Some(row.try_get::<i64, _>("seq")?);
+        }
+        let next_cursor = if more {
+            last_seq.map(Cursor::new)
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next_cursor })
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(name) = &update.name {
+            sqlx::query("UPDATE api_keys SET name = ? WHERE id = ?")
+                .bind(name.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(owner) = &update.owner {
+            sqlx::query("UPDATE api_keys SET owner = ? WHERE id = ?")
+                .bind(owner.as_ref().map(|o| o.as_str()))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(scopes) = &update.scopes {
+            sqlx::query("UPDATE api_keys SET scopes = ? WHERE id = ?")
+                .bind(json_text(&scopes.to_strings()))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(metadata) = &update.metadata {
+            sqlx::query("UPDATE api_keys SET metadata = ? WHERE id = ?")
+                .bind(json_text(metadata.as_map()))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let record = Self::fetch_record(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(to_micros(at))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Self::fetch_record(&self.pool, id).await
+    }
+
+    async fn roll_key(
+        &self,
+        id: &KeyId,
+        successor: &NewKeyRecord,
+        grace_until: OffsetDateTime,
+    ) -> Result<RollOutcome, StoreError> {
+        let now = to_micros(successor.created_at);
+        let grace_until = to_micros(grace_until);
+
+        // The insert comes first so that the transaction takes SQLite's write lock at its
+        // first statement and never has to upgrade a read snapshot.
+        let mut tx = self.pool.begin().await?;
+        insert(&mut *tx, successor).await?;
+        let updated = sqlx::query(
+            "UPDATE api_keys
+             SET successor_id = ?,
+                 expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ?
+                                   THEN expires_at ELSE ? END
+             WHERE id = ? AND successor_id IS NULL AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > ?)",
+        )
+        .bind(successor.id.as_str())
+        .bind(grace_until)
+        .bind(grace_until)
+        .bind(id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        if updated == 1 {
+            let previous = Self::fetch_record(&mut *tx, id).await?;
+            let next = Self::fetch_record(&mut *tx, &successor.id).await?;
+            tx.commit().await?;
+            let (Some(previous), Some(successor)) = (previous, next) else {
+                return Err(corrupt(
+                    id.as_str(),
+                    "rolled rows missing inside transaction",
+                ));
+            };
+            return Ok(RollOutcome::Rolled {
+                previous,
+                successor,
+            });
+        }
+
+        tx.rollback().await?;
+        let Some(current) = Self::fetch_record(&self.pool, id).await? else {
+            return Ok(RollOutcome::NotFound);
+        };
+        Ok(if current.successor_id.is_some() {
+            RollOutcome::AlreadyRolled(current)
+        } else if current.revoked_at.is_some() {
+            RollOutcome::Revoked(current)
+        } else {
+            RollOutcome::Expired(current)
+        })
+    }
+
+    async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in usage {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(to_micros(*at))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert(
+    executor: impl sqlx::SqliteExecutor<'_>,
+    key: &NewKeyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(key.id.as_str())
+    .bind(key.hash.as_bytes().as_slice())
+    .bind(key.name.as_str())
+    .bind(key.owner.as_ref().map(|o| o.as_str()))
+    .bind(json_text(&key.scopes.to_strings()))
+    .bind(key.env.as_str())
+    .bind(json_text(key.metadata.as_map()))
+    .bind(to_micros(key.created_at))
+    .bind(key.expires_at.map(to_micros))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("scopes and metadata serialize to JSON")
+}
+
+fn corrupt(id: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn read_record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+    let id_text: String = row.try_get("id")?;
+    let bad = |column: &str| {
+        corrupt(
+            &id_text,
+            format!("column `{column}` holds an invalid value"),
+        )
+    };
+    let time = |column: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+        let micros: Option<i64> = row.try_get(column)?;
+        micros
+            .map(|m| from_micros(m).ok_or_else(|| bad(column)))
+            .transpose()
+    };
+
+    let id = KeyId::parse(&id_text).map_err(|_| bad("id"))?;
+    let scopes_text: String = row.try_get("scopes")?;
+    let metadata_text: String = row.try_get("metadata")?;
+    let env_text: String = row.try_get("env")?;
+    let successor: Option<String> = row.try_get("successor_id")?;
+
+    Ok(KeyRecord {
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        scopes: serde_json::from_str(&scopes_text).map_err(|_| bad("scopes"))?,
+        env: env_text.parse::<KeyEnv>().map_err(|_| bad("env"))?,
+        metadata: serde_json::from_str(&metadata_text).map_err(|_| bad("metadata"))?,
+        created_at: time("created_at")?.ok_or_else(|| bad("created_at"))?,
+        expires_at: time("expires_at")?,
+        revoked_at: time("revoked_at")?,
+        last_used_at: time("last_used_at")?,
+        successor_id: successor
+            .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
+            .transpose()?,
+        id,
+    })
+}
