@@ -1,7 +1,7 @@
 //! Domain types for stored keys and the validated values that change them.
 //!
 //! Input is parsed into these types once, at the edge, so the service and the store can
-//! rely on their limits. None of them ever holds a raw key.
+//! rely on their limits. None of them ever contains a raw key.
 
 use std::fmt;
 
@@ -159,7 +159,7 @@ impl Scopes {
         self.0.is_empty()
     }
 
-    /// Returns the scopes as plain strings, for storage and answers.
+    /// Returns the scopes as plain strings, for storage and responses.
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(|s| s.0.clone()).collect()
     }
@@ -196,7 +196,7 @@ impl Metadata {
     }
 }
 
-/// A key as the store holds it, without its hash.
+/// A key as stored, without its hash.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyRecord {
     pub id: KeyId,

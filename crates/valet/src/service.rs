@@ -18,7 +18,7 @@ use crate::usage::UsageTracker;
 
 /// Grace period a rolled key keeps when the caller names none.
 pub const DEFAULT_GRACE: Duration = Duration::hours(24);
-/// Longest grace period a roll allows.
+/// Maximum grace period of a roll.
 pub const MAX_GRACE: Duration = Duration::days(7);
 /// How many fresh ids a create tries before giving up on collisions.
 const ID_ATTEMPTS: usize = 4;
@@ -71,7 +71,7 @@ impl VerifyCode {
 pub struct Verification {
     pub code: VerifyCode,
     pub key: Option<KeyRecord>,
-    /// Why the key is not valid, in words safe to show its holder.
+    /// Reason the key is not valid, in words safe to show its holder.
     pub message: Option<String>,
 }
 
@@ -96,7 +96,7 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-/// A key just created; the only value that ever holds its raw form.
+/// A key just created, the only value that ever contains its raw form.
 #[derive(Debug)]
 pub struct CreatedKey {
     pub record: KeyRecord,
@@ -110,7 +110,7 @@ pub struct RolledKey {
     pub previous: KeyRecord,
 }
 
-/// Why a lifecycle operation failed.
+/// Failure of a lifecycle operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("key {0} not found")]
@@ -241,7 +241,7 @@ impl KeyService {
         Ok((record, raw))
     }
 
-    /// Verifies a presented key and checks that it holds every scope in `required`.
+    /// Verifies a presented key and checks that it has every scope in `required`.
     ///
     /// Checks run from cheapest to dearest: format and checksum without I/O, then the id
     /// lookup, and only for a known id the SHA-256 and constant-time comparison.
@@ -426,7 +426,7 @@ impl KeyService {
         Err(ServiceError::IdExhausted)
     }
 
-    /// Creates a key with scope `admin` when the store holds no key at all, so that a new
+    /// Creates a key with scope `admin` when the store contains no key at all, so that a new
     /// installation can be managed over HTTP.
     ///
     /// NOTE: two processes starting at once on one empty store can each create one.

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,7 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::http::{self, AppState};
-use crate::service::{CreatedKey, KeyService};
+use crate::service::{CreatedKey, KeyService, VerifyCode};
+
+/// How often failed verifications are summarised in the log.
+const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -46,6 +50,11 @@ pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<Ex
             .run_flusher(service.store().clone(), stop_rx),
     );
 
+    let reporter = tokio::spawn(report_failed_verifications(
+        service.clone(),
+        stop_tx.subscribe(),
+    ));
+
     let state = AppState {
         service: service.clone(),
     };
@@ -53,6 +62,7 @@ pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<Ex
 
     let _ = stop_tx.send(true);
     let _ = flusher.await;
+    let _ = reporter.await;
     tracing::info!("valet stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -93,6 +103,35 @@ fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Resu
     writeln!(out)?;
     out.flush()?;
     Ok(())
+}
+
+/// Logs one summary line per [`FAILURE_REPORT_INTERVAL`] in which verifications failed,
+/// so that a flood of bad keys is visible without a log line per request.
+async fn report_failed_verifications(service: Arc<KeyService>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(FAILURE_REPORT_INTERVAL);
+    let mut previous = service.stats().snapshot();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let current = service.stats().snapshot();
+        let failed: Vec<String> = current
+            .iter()
+            .zip(&previous)
+            .filter(|((code, _), _)| *code != VerifyCode::Valid)
+            .filter(|((_, now), (_, before))| now > before)
+            .map(|((code, now), (_, before))| format!("{}={}", code.as_str(), now - before))
+            .collect();
+        if !failed.is_empty() {
+            tracing::info!(
+                failures = %failed.join(" "),
+                interval_seconds = FAILURE_REPORT_INTERVAL.as_secs(),
+                "verifications failed"
+            );
+        }
+        previous = current;
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -14,7 +14,7 @@ pub const VERIFY_SCOPE: &str = "keys:verify";
 
 const REALM: &str = "valet";
 
-/// Checks the request's bearer key and that it holds at least one of `accepted` scopes.
+/// Checks the request's bearer key and that it has at least one of the `accepted` scopes.
 ///
 /// A missing or invalid key gets 401 and a malformed header 400, each with a
 /// `WWW-Authenticate: Bearer` challenge (RFC 6750 section 3). A valid key without an
@@ -70,9 +70,9 @@ pub async fn authorize(
         .iter()
         .any(|held| accepted.contains(&held.as_str()));
     if !allowed {
-        let wanted = accepted.join(" ");
+        let expected = accepted.join(" ");
         let detail = if accepted.len() == 1 {
-            format!("the bearer key {} lacks the scope `{wanted}`", record.id)
+            format!("the bearer key {} lacks the scope `{expected}`", record.id)
         } else {
             format!(
                 "the bearer key {} needs one of the scopes `{}`",
@@ -83,7 +83,7 @@ pub async fn authorize(
         return Err(
             ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", detail).with_challenge(
                 format!(
-                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{wanted}\""
+                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{expected}\""
                 ),
             ),
         );

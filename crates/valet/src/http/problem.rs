@@ -1,7 +1,7 @@
 //! Errors of the management and verify API as RFC 9457 problem details.
 //!
 //! Every error leaves as `application/problem+json` with a stable `code` that clients can
-//! match on. A 5xx answer carries a generic detail; the full error is logged once here.
+//! match on. A 5xx response carries a generic detail, and the full error is logged once here.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use crate::store::StoreError;
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
-/// An error answer: status, stable code and a detail that says what to do.
+/// An error response: status, stable code and a detail that tells the client what to do.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -64,7 +64,7 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
 
-    /// A 503 for a store that cannot be reached, with `Retry-After`.
+    /// Builds a 503 for a store that cannot be reached, with `Retry-After`.
     pub fn store_unavailable() -> Self {
         let mut err = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -75,7 +75,7 @@ impl ApiError {
         err
     }
 
-    /// A 500 whose cause is logged here and never sent to the client.
+    /// Builds a 500 and logs its cause, which is never sent to the client.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(cause), "request failed with an internal error");
         Self::new(

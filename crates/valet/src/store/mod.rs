@@ -15,10 +15,10 @@ use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
 
 pub use sqlite::SqliteStore;
 
-/// Why a store operation failed.
+/// Failure of a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be reached or did not answer in time; retrying may succeed.
+    /// The store could not be reached or did not respond in time, so a retry may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// A generated key id collided with an existing one.
@@ -79,7 +79,7 @@ impl Cursor {
     }
 }
 
-/// Which keys to list.
+/// Filter and page position for listing keys.
 #[derive(Clone, Debug)]
 pub struct ListQuery {
     pub owner: Option<String>,
@@ -119,7 +119,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Returns a short backend name for logs, such as `sqlite`.
     fn backend(&self) -> &'static str;
 
-    /// Checks that the store answers a trivial query.
+    /// Checks that the store responds to a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Counts all keys, in any state.
@@ -153,7 +153,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// of its current expiry and `grace_until`, recording the successor's id.
     ///
     /// Only a key that is neither revoked, expired at `successor.created_at`, nor rolled
-    /// already can be rolled; otherwise nothing changes and the outcome says why.
+    /// already can be rolled. Otherwise nothing changes and the outcome names the reason.
     async fn roll_key(
         &self,
         id: &KeyId,

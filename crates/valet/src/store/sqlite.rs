@@ -110,7 +110,7 @@ impl KeyStore for SqliteStore {
         if let Some(after) = query.after {
             builder.push(" AND seq < ").push_bind(after.seq());
         }
-        // One extra row tells whether another page follows.
+        // One extra row shows whether another page follows.
         builder
             .push(" ORDER BY seq DESC LIMIT ")
             .push_bind(i64::from(query.limit) + 1);
