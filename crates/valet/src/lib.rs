@@ -3,9 +3,11 @@
 //! ARCHITECTURE.md at the repository root maps the modules and states the invariants.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod http;
 pub mod key;
+pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod store;

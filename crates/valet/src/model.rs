@@ -106,12 +106,11 @@ impl Scope {
         let valid = value
             .bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        // The value is not repeated, because a misplaced key can arrive in a scope field.
         if !valid {
             return Err(InvalidField::new(
                 field,
-                format!(
-                    "scope {value:?} contains a character outside printable ASCII, or a space, `\"` or `\\`"
-                ),
+                "a scope may contain only printable ASCII other than space, `\"` and `\\`",
             ));
         }
         Ok(Self(value.to_owned()))
@@ -142,8 +141,10 @@ impl Scopes {
             ));
         }
         let mut scopes: Vec<Scope> = Vec::with_capacity(values.len());
-        for value in values {
-            let scope = Scope::parse(field, value.as_ref())?;
+        for (index, value) in values.iter().enumerate() {
+            let scope = Scope::parse(field, value.as_ref()).map_err(|err| {
+                InvalidField::new(field, format!("item {index}: {}", err.reason))
+            })?;
             if !scopes.contains(&scope) {
                 scopes.push(scope);
             }

@@ -4,16 +4,18 @@
 //! come first, what a roll changes, what counts as use) lives here once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
+use crate::cache::{CacheSync, KeyCache, Lookup};
 use crate::key::{KeyEnv, KeyFormat, KeyId, RawKey};
+use crate::metrics::Metrics;
 use crate::model::{
     self, InvalidField, KeyName, KeyRecord, KeyUpdate, Metadata, NewKeyRecord, Owner, Scopes,
+    StoredKey,
 };
-use crate::store::{KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::store::{CountingStore, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
 use crate::usage::UsageTracker;
 
 /// Grace period a rolled key keeps when the caller names none.
@@ -58,7 +60,7 @@ impl VerifyCode {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         Self::ALL
             .iter()
             .position(|c| *c == self)
@@ -133,20 +135,22 @@ pub enum ServiceError {
     IdExhausted,
 }
 
-/// Verification counts by code since start.
-#[derive(Debug, Default)]
-pub struct VerifyStats {
-    counts: [AtomicU64; 6],
+/// Tuning of the verification cache.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Maximum number of keys held in memory.
+    pub capacity: usize,
+    /// How long cached keys may still be served while the store is unreachable; zero
+    /// fails closed at once.
+    pub stale_if_error: std::time::Duration,
 }
 
-impl VerifyStats {
-    fn count(&self, code: VerifyCode) {
-        self.counts[code.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Returns the count for each code, in [`VerifyCode::ALL`] order.
-    pub fn snapshot(&self) -> [(VerifyCode, u64); 6] {
-        VerifyCode::ALL.map(|code| (code, self.counts[code.index()].load(Ordering::Relaxed)))
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            stale_if_error: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -155,17 +159,54 @@ pub struct KeyService {
     store: Arc<dyn KeyStore>,
     format: KeyFormat,
     usage: Arc<UsageTracker>,
-    stats: VerifyStats,
+    cache: Arc<KeyCache>,
+    cache_config: CacheConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyService {
+    /// Creates a service with the default cache settings.
     pub fn new(store: Arc<dyn KeyStore>, format: KeyFormat) -> Self {
+        Self::with_cache(store, format, CacheConfig::default())
+    }
+
+    /// Creates a service whose store calls are counted in its metrics.
+    ///
+    /// The cache stays untrusted, so every verification reads the store, until
+    /// [`KeyService::spawn_change_feed`] has connected the store's change feed.
+    pub fn with_cache(store: Arc<dyn KeyStore>, format: KeyFormat, cache_config: CacheConfig) -> Self {
+        let metrics = Metrics::new();
+        let store: Arc<dyn KeyStore> = Arc::new(CountingStore::new(store, metrics.clone()));
         Self {
             store,
             format,
             usage: Arc::new(UsageTracker::default()),
-            stats: VerifyStats::default(),
+            cache: Arc::new(KeyCache::new(cache_config.capacity)),
+            cache_config,
+            metrics,
         }
+    }
+
+    /// Follows the store's change feed in a background task until `stop` changes, so the
+    /// cache can answer verifications.
+    pub fn spawn_change_feed(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let sink = Arc::new(CacheSync {
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let store = self.store.clone();
+        tokio::spawn(async move { store.follow_changes(sink, stop).await })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn cache(&self) -> &Arc<KeyCache> {
+        &self.cache
     }
 
     pub fn store(&self) -> &Arc<dyn KeyStore> {
@@ -180,10 +221,6 @@ impl KeyService {
         &self.usage
     }
 
-    pub fn stats(&self) -> &VerifyStats {
-        &self.stats
-    }
-
     /// Creates a key and returns it with its raw form, which is never available again.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ServiceError> {
         let now = model::now();
@@ -191,6 +228,7 @@ impl KeyService {
             return Err(InvalidField::new("expires_at", "must be in the future").into());
         }
         let created = self.insert_fresh(new, now).await?;
+        self.cache.add_issued(&created.record.id);
         tracing::info!(key_id = %created.record.id, env = %created.record.env, "created key");
         Ok(created)
     }
@@ -251,7 +289,7 @@ impl KeyService {
         required: &Scopes,
     ) -> Result<Verification, ServiceError> {
         let verification = self.check(presented, required).await?;
-        self.stats.count(verification.code);
+        self.metrics.verification(verification.code);
         if verification.code != VerifyCode::Valid {
             tracing::debug!(code = verification.code.as_str(), "verification failed");
         }
@@ -273,7 +311,8 @@ impl KeyService {
                 ));
             }
         };
-        let Some(stored) = self.store.find_key(&parsed.id()).await? else {
+        let id = parsed.id();
+        let Some(stored) = self.load_for_verify(&id).await? else {
             return Ok(not_found());
         };
         if !stored.hash.matches(&parsed.hash()) {
@@ -281,7 +320,7 @@ impl KeyService {
         }
 
         let now = model::now();
-        let mut record = stored.record;
+        let mut record = stored.record.clone();
         self.overlay_usage(&mut record);
         if let Some(at) = record.revoked_at {
             let message = format!("key was revoked at {}", rfc3339(at));
@@ -317,6 +356,43 @@ impl KeyService {
         })
     }
 
+    /// Finds the key with `id` in the cache, or in the store after a miss.
+    ///
+    /// Never-issued ids stop at the id filter. When the store is unreachable, a cached copy
+    /// is served only within the stale-if-error window; otherwise the error fails closed.
+    async fn load_for_verify(&self, id: &KeyId) -> Result<Option<Arc<StoredKey>>, ServiceError> {
+        let epoch = match self.cache.lookup(id) {
+            Lookup::NeverIssued => {
+                self.metrics.id_filter_rejection();
+                return Ok(None);
+            }
+            Lookup::Hit(stored) => {
+                self.metrics.cache_hit();
+                return Ok(Some(stored));
+            }
+            Lookup::Miss(epoch) => epoch,
+        };
+
+        self.metrics.cache_miss();
+        match self.store.find_key(id).await {
+            Ok(Some(stored)) => {
+                self.cache.insert(stored.clone(), epoch);
+                Ok(Some(Arc::new(stored)))
+            }
+            Ok(None) => Ok(None),
+            Err(StoreError::Unavailable(cause)) => {
+                match self.cache.stale(id, self.cache_config.stale_if_error) {
+                    Some(stored) => {
+                        tracing::debug!(key_id = %id, "store unavailable; serving a stale cached key");
+                        Ok(Some(stored))
+                    }
+                    None => Err(StoreError::Unavailable(cause).into()),
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Loads one key.
     pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, ServiceError> {
         let stored = self
@@ -345,6 +421,7 @@ impl KeyService {
             .update_key(id, &update)
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        self.cache.invalidate(id);
         self.overlay_usage(&mut record);
         tracing::info!(key_id = %id, "updated key");
         Ok(record)
@@ -357,6 +434,7 @@ impl KeyService {
             .revoke_key(id, model::now())
             .await?
             .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        self.cache.invalidate(id);
         self.overlay_usage(&mut record);
         tracing::info!(key_id = %id, "revoked key");
         Ok(record)
@@ -405,6 +483,8 @@ impl KeyService {
                     previous,
                     successor,
                 } => {
+                    self.cache.invalidate(id);
+                    self.cache.add_issued(&successor.id);
                     tracing::info!(key_id = %id, successor_id = %successor.id, "rolled key");
                     Ok(RolledKey {
                         successor: CreatedKey {

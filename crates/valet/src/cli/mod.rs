@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::key::{KeyFormat, KeyPrefix};
-use crate::service::KeyService;
+use crate::service::{CacheConfig, KeyService};
 use crate::store;
 
 /// Exit code for a command that failed.
@@ -20,8 +20,8 @@ const EXIT_FAILURE: u8 = 1;
 #[derive(Debug, Parser)]
 #[command(name = "valet", version, about)]
 pub struct Cli {
-    /// Store to use: sqlite://PATH, relative or absolute (sqlite:///var/lib/valet/valet.db).
-    /// The file is created if missing.
+    /// Store to use: sqlite://PATH, relative or absolute (sqlite:///var/lib/valet/valet.db),
+    /// created if missing; or postgres://USER:PASSWORD@HOST:PORT/DATABASE for several nodes.
     #[arg(
         long,
         env = "VALET_DATABASE_URL",
@@ -72,17 +72,34 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let service = open_service(&cli).await?;
-    match cli.command {
-        Command::Serve(args) => serve::run(service, args).await,
-        Command::Keys(command) => keys::run(&service, command).await,
+    let Cli {
+        database_url,
+        key_prefix,
+        command,
+    } = cli;
+    let format = KeyFormat::new(key_prefix);
+    match command {
+        Command::Serve(args) => {
+            let service = open_service(&database_url, format, args.cache_config()).await?;
+            serve::run(service, &args).await
+        }
+        Command::Keys(command) => {
+            let service = open_service(&database_url, format, CacheConfig::default()).await?;
+            keys::run(&service, command).await
+        }
     }
 }
 
-async fn open_service(cli: &Cli) -> anyhow::Result<Arc<KeyService>> {
-    let store = store::connect(&cli.database_url)
-        .await
-        .map_err(|err| anyhow::anyhow!("could not open the store at --database-url: {err}"))?;
-    let format = KeyFormat::new(cli.key_prefix.clone());
-    Ok(Arc::new(KeyService::new(store, format)))
+async fn open_service(
+    database_url: &str,
+    format: KeyFormat,
+    cache: CacheConfig,
+) -> anyhow::Result<Arc<KeyService>> {
+    let store = store::connect(database_url).await.map_err(|err| {
+        anyhow::anyhow!(
+            "could not open the store named by --database-url ({}): {err}",
+            store::redact_url(database_url)
+        )
+    })?;
+    Ok(Arc::new(KeyService::with_cache(store, format, cache)))
 }

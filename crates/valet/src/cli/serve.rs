@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::http::{self, AppState};
-use crate::service::{CreatedKey, KeyService, VerifyCode};
+use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
 
 /// How often failed verifications are summarised in the log.
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
@@ -22,18 +22,41 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Maximum number of verified keys kept in memory.
+    #[arg(long, env = "VALET_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+
+    /// Seconds during which cached keys may still be served while the store is
+    /// unreachable. 0 fails closed with 503 at once.
+    #[arg(long, env = "VALET_STALE_IF_ERROR_SECONDS", default_value_t = 0)]
+    pub stale_if_error_seconds: u64,
 }
 
-pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+impl ServeArgs {
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            capacity: self.cache_capacity,
+            stale_if_error: Duration::from_secs(self.stale_if_error_seconds),
+        }
+    }
+}
+
+pub async fn run(service: Arc<KeyService>, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         store = service.store().backend(),
         key_prefix = %service.format().prefix(),
+        cache_capacity = args.cache_capacity,
+        stale_if_error_seconds = args.stale_if_error_seconds,
         "starting valet"
     );
 
     if let Some(created) = service.bootstrap_admin().await? {
-        print_bootstrap_key(&created, args.listen)?;
+        print_bootstrap_key(&created, args.listen).context(
+            "could not print the bootstrap admin key on standard output; \
+             revoke it and create another with `valet keys create --name admin --scope admin`",
+        )?;
     }
 
     let listener = TcpListener::bind(args.listen)
@@ -43,6 +66,7 @@ pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<Ex
     tracing::info!(address = %local, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let feed = service.spawn_change_feed(stop_tx.subscribe());
     let flusher = tokio::spawn(
         service
             .usage()
@@ -63,6 +87,7 @@ pub async fn run(service: Arc<KeyService>, args: ServeArgs) -> anyhow::Result<Ex
     let _ = stop_tx.send(true);
     let _ = flusher.await;
     let _ = reporter.await;
+    let _ = feed.await;
     tracing::info!("valet stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -109,13 +134,14 @@ fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Resu
 /// so that a flood of bad keys is visible without a log line per request.
 async fn report_failed_verifications(service: Arc<KeyService>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(FAILURE_REPORT_INTERVAL);
-    let mut previous = service.stats().snapshot();
+    let snapshot = || VerifyCode::ALL.map(|code| (code, service.metrics().verification_count(code)));
+    let mut previous = snapshot();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let current = service.stats().snapshot();
+        let current = snapshot();
         let failed: Vec<String> = current
             .iter()
             .zip(&previous)

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use super::AppState;
 use super::auth::{ADMIN_SCOPE, VERIFY_SCOPE, authorize};
 use super::extract::{ApiJson, KeyIdPath, OptionalJson};
-use super::problem::ApiError;
+use super::problem::{ApiError, redact_keys};
 use crate::api::{CreatedKeyObject, KeyListObject, KeyObject, RolledKeyObject, VerifyObject};
 use crate::key::KeyEnv;
 use crate::model::{KeyName, KeyUpdate, Metadata, Owner, Scopes};
@@ -80,11 +80,12 @@ pub async fn list(
 ) -> Result<Json<KeyListObject>, ApiError> {
     authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
     let Query(params) = params.map_err(|rejection| {
+        let prefix = state.service.format().prefix().as_str();
         ApiError::bad_request(
             "invalid_query",
             format!(
                 "the query string is not valid ({}); accepted parameters are limit, cursor and owner, each at most once",
-                rejection.body_text()
+                redact_keys(&rejection.body_text(), prefix)
             ),
         )
     })?;

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/verify", post(keys::verify))
         .route("/v1/keys/{id}", get(keys::show).patch(keys::update))
@@ -49,7 +50,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
 
@@ -80,6 +81,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the OpenMetrics text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.service.metrics().encode();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn route_not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -96,9 +110,9 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Runs each request in a span with its method and matched route pattern. The full URI is
-/// never logged, because a query string can carry a key.
-async fn log_request(request: Request, next: Next) -> Response {
+/// Runs each request in a span with its method and matched route pattern, and counts it by
+/// route and status. The full URI is never logged, because a query string can carry a key.
+async fn log_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -108,6 +122,10 @@ async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     async move {
         let response = next.run(request).await;
+        state
+            .service
+            .metrics()
+            .request(&route, response.status().as_u16());
         tracing::debug!(
             status = response.status().as_u16(),
             latency_us = started.elapsed().as_micros() as u64,

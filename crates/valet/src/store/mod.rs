@@ -3,17 +3,29 @@
 //! The service layer talks only to this trait, so a backend can be added without touching
 //! verification or HTTP code. Backends store hashes, never raw keys.
 
+mod counting;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use crate::key::{KeyId, base62};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
 
+pub use counting::CountingStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// First wait before reconnecting a lost change feed; it doubles up to
+/// [`MAX_FEED_BACKOFF`].
+const FIRST_FEED_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between attempts to reconnect a lost change feed.
+const MAX_FEED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Failure of a store operation.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +56,15 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
             sqlx::Error::Database(ref db) if db.is_unique_violation() => Self::IdTaken,
+            // SQLSTATE class 08 is a connection exception; 57P01 to 57P05 mean the server
+            // is shutting down, starting up or unreachable.
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
+            {
+                Self::Unavailable(err)
+            }
             other => Self::Query(other),
         }
     }
@@ -111,6 +132,64 @@ pub enum RollOutcome {
     Expired(KeyRecord),
 }
 
+/// Kind of change to a key row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Inserted,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    /// Parses the one-letter code that the store's triggers write: `I`, `U` or `D`.
+    fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "I" => Some(Self::Inserted),
+            "U" => Some(Self::Updated),
+            "D" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One change to a key, as the change feed reports it.
+#[derive(Clone, Debug)]
+pub struct KeyChange {
+    pub id: KeyId,
+    pub kind: ChangeKind,
+    /// When the store recorded the change, for measuring propagation lag.
+    pub changed_at: Option<OffsetDateTime>,
+}
+
+/// Receiver of a store's change feed.
+pub trait ChangeSink: Send + Sync {
+    /// Starts a trusted period: the feed is connected and `ids` is every key id that
+    /// existed when it connected. Changes after that arrive through [`ChangeSink::apply`].
+    fn resync(&self, ids: Vec<KeyId>);
+
+    /// Applies one change made by any node or process.
+    fn apply(&self, change: KeyChange);
+
+    /// Ends the trusted period: changes may have been missed from now on.
+    fn lost(&self, reason: &str);
+
+    /// Counts a query that the feed sent to the store.
+    fn query_sent(&self, operation: &'static str);
+}
+
+impl RollOutcome {
+    /// Classifies why `current`, read after a failed roll, could not be rolled.
+    fn refused(current: KeyRecord) -> Self {
+        if current.successor_id.is_some() {
+            Self::AlreadyRolled(current)
+        } else if current.revoked_at.is_some() {
+            Self::Revoked(current)
+        } else {
+            Self::Expired(current)
+        }
+    }
+}
+
 /// Persistent storage for keys.
 ///
 /// Every method is one atomic operation. Implementations must never store a raw key.
@@ -163,6 +242,22 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Raises `last_used_at` of each key to the given time; never lowers it.
     async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Feeds every change to a key, made by any node or process, to `sink` until `stop`
+    /// changes. Reconnects by itself after a failure and then calls
+    /// [`ChangeSink::resync`] again.
+    async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, stop: watch::Receiver<bool>);
+}
+
+/// Sleeps for `backoff` and doubles it up to [`MAX_FEED_BACKOFF`]; returns `false` when
+/// `stop` changed meanwhile.
+async fn wait_to_reconnect(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_FEED_BACKOFF);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.changed() => false,
+    }
 }
 
 /// Opens the store that `url` names and applies its migrations.
@@ -170,10 +265,29 @@ pub async fn connect(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::connect(url).await?));
     }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
+    }
     let scheme = url.split(':').next().unwrap_or_default();
     Err(StoreError::UnsupportedUrl(format!(
-        "scheme `{scheme}` is not supported; use sqlite://PATH, for example sqlite://valet.db"
+        "scheme `{scheme}` is not supported; use sqlite://PATH or postgres://USER@HOST/DATABASE"
     )))
+}
+
+/// Returns `url` with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +300,16 @@ mod tests {
             let cursor = Cursor::new(seq);
             assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         }
+    }
+
+    #[test]
+    fn redact_url_hides_password() {
+        assert_eq!(
+            redact_url("postgres://valet:s3cret@db:5432/valet"),
+            "postgres://valet:***@db:5432/valet"
+        );
+        assert_eq!(redact_url("postgres://db/valet"), "postgres://db/valet");
+        assert_eq!(redact_url("sqlite://valet.db"), "sqlite://valet.db");
     }
 
     #[test]

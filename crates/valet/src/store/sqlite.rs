@@ -11,9 +11,23 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 
-use super::{Cursor, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{
+    ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
+    RollOutcome, StoreError, wait_to_reconnect,
+};
 use crate::key::{KeyEnv, KeyHash, KeyId};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, from_micros, to_micros};
+
+/// How often a server polls `key_changes` for changes made by other processes.
+const POLL_INTERVAL: Duration = std::time::Duration::from_millis(50);
+/// How long rows stay in `key_changes`; a poller further behind than this resyncs.
+const CHANGE_RETENTION: time::Duration = time::Duration::hours(1);
+/// How often old rows are pruned from `key_changes`.
+const PRUNE_INTERVAL: Duration = std::time::Duration::from_secs(60);
 
 const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
                        expires_at, revoked_at, last_used_at, successor_id";
@@ -43,6 +57,89 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    /// Reads the newest change number and every key id in one snapshot.
+    async fn snapshot_ids(&self) -> Result<(i64, Vec<KeyId>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM api_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let ids = ids
+            .iter()
+            .map(|id| KeyId::parse(id).map_err(|_| corrupt(id, "id is not 8 base62 digits")))
+            .collect::<Result<_, _>>()?;
+        Ok((last, ids))
+    }
+
+    /// Reads changes numbered after `after`, oldest first.
+    async fn changes_after(&self, after: i64) -> Result<Vec<(i64, KeyChange)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, key_id, op, changed_at FROM key_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.try_get("seq")?;
+            let id: String = row.try_get("key_id")?;
+            let op: String = row.try_get("op")?;
+            let changed_at: i64 = row.try_get("changed_at")?;
+            let (Ok(id), Some(kind)) = (KeyId::parse(&id), ChangeKind::from_code(&op)) else {
+                return Err(corrupt(&id, "key_changes row is unreadable"));
+            };
+            let change = KeyChange {
+                id,
+                kind,
+                changed_at: from_micros(changed_at),
+            };
+            changes.push((seq, change));
+        }
+        Ok(changes)
+    }
+
+    /// Follows changes from one snapshot until a poll fails, `stop` changes or a gap shows
+    /// that pruned changes were missed. Returns `true` when `stop` changed.
+    async fn follow_from_snapshot(
+        &self,
+        sink: &dyn ChangeSink,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, StoreError> {
+        sink.query_sent("snapshot_ids");
+        let (mut last, ids) = self.snapshot_ids().await?;
+        sink.resync(ids);
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stop.changed() => return Ok(true),
+            }
+            sink.query_sent("poll_changes");
+            let changes = self.changes_after(last).await?;
+            if let Some((first, _)) = changes.first()
+                && *first != last + 1
+            {
+                tracing::warn!(expected = last + 1, found = first, "key_changes has a gap; resynchronising");
+                return Ok(false);
+            }
+            for (seq, change) in changes {
+                last = seq;
+                sink.apply(change);
+            }
+            if last_prune.elapsed() >= PRUNE_INTERVAL {
+                last_prune = std::time::Instant::now();
+                sink.query_sent("prune_changes");
+                sqlx::query("DELETE FROM key_changes WHERE changed_at < ?")
+                    .bind(to_micros(crate::model::now() - CHANGE_RETENTION))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
     }
 
     async fn fetch_record(
@@ -233,13 +330,7 @@ impl KeyStore for SqliteStore {
         let Some(current) = Self::fetch_record(&self.pool, id).await? else {
             return Ok(RollOutcome::NotFound);
         };
-        Ok(if current.successor_id.is_some() {
-            RollOutcome::AlreadyRolled(current)
-        } else if current.revoked_at.is_some() {
-            RollOutcome::Revoked(current)
-        } else {
-            RollOutcome::Expired(current)
-        })
+        Ok(RollOutcome::refused(current))
     }
 
     async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -255,6 +346,23 @@ impl KeyStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = FIRST_FEED_BACKOFF;
+        loop {
+            match self.follow_from_snapshot(sink.as_ref(), &mut stop).await {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(err) => {
+                    sink.lost(&err.to_string());
+                    tracing::warn!(error = %err, "polling key_changes failed; retrying");
+                    if !wait_to_reconnect(&mut backoff, &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

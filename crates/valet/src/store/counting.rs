@@ -1,0 +1,93 @@
+//! A [`KeyStore`] decorator that counts every operation in `valet_store_queries_total`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{ChangeSink, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::key::KeyId;
+use crate::metrics::Metrics;
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
+
+/// Wraps a store and counts each call by operation name before passing it on.
+pub struct CountingStore {
+    inner: Arc<dyn KeyStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn KeyStore>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl KeyStore for CountingStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.metrics.store_query("ping");
+        self.inner.ping().await
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        self.metrics.store_query("count_keys");
+        self.inner.count_keys().await
+    }
+
+    async fn insert_key(&self, key: &NewKeyRecord) -> Result<KeyRecord, StoreError> {
+        self.metrics.store_query("insert_key");
+        self.inner.insert_key(key).await
+    }
+
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
+        self.metrics.store_query("find_key");
+        self.inner.find_key(id).await
+    }
+
+    async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError> {
+        self.metrics.store_query("list_keys");
+        self.inner.list_keys(query).await
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.metrics.store_query("update_key");
+        self.inner.update_key(id, update).await
+    }
+
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.metrics.store_query("revoke_key");
+        self.inner.revoke_key(id, at).await
+    }
+
+    async fn roll_key(
+        &self,
+        id: &KeyId,
+        successor: &NewKeyRecord,
+        grace_until: OffsetDateTime,
+    ) -> Result<RollOutcome, StoreError> {
+        self.metrics.store_query("roll_key");
+        self.inner.roll_key(id, successor, grace_until).await
+    }
+
+    async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        self.metrics.store_query("record_usage");
+        self.inner.record_usage(usage).await
+    }
+
+    async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, stop: watch::Receiver<bool>) {
+        self.inner.follow_changes(sink, stop).await
+    }
+}

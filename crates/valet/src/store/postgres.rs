@@ -1,0 +1,403 @@
+//! The PostgreSQL backend, for several nodes sharing one database.
+//!
+//! Triggers on `api_keys` send every change on the channel `valet_key_changes`, and each
+//! node follows that channel with `LISTEN` to keep its cache true.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{
+    ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
+    RollOutcome, StoreError, redact_url, wait_to_reconnect,
+};
+use crate::key::{KeyEnv, KeyHash, KeyId};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, from_micros};
+
+/// Channel on which the triggers announce key changes.
+const CHANNEL: &str = "valet_key_changes";
+
+const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
+                       expires_at, revoked_at, last_used_at, successor_id";
+
+/// A key store in a PostgreSQL database, shared by any number of nodes.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`) and applies migrations.
+    ///
+    /// sqlx takes a PostgreSQL advisory lock around migrations, so several nodes may start
+    /// at once.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|err| {
+            StoreError::UnsupportedUrl(format!(
+                "invalid PostgreSQL URL {}: {err}",
+                redact_url(url)
+            ))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn fetch_record(
+        executor: impl sqlx::PgExecutor<'_>,
+        id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(executor)
+            .await?;
+        row.map(|row| read_record(&row)).transpose()
+    }
+
+    /// Listens on the change channel, then reads every key id, so that no change made
+    /// after the snapshot can be missed. Returns when the connection fails or `stop`
+    /// changes (`Ok(true)`).
+    async fn follow_once(
+        &self,
+        sink: &dyn ChangeSink,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        sink.query_sent("snapshot_ids");
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM api_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        let ids = ids
+            .iter()
+            .map(|id| KeyId::parse(id).map_err(|_| corrupt(id, "id is not 8 base62 digits")))
+            .collect::<Result<_, _>>()?;
+        sink.resync(ids);
+
+        loop {
+            let notification = tokio::select! {
+                received = listener.try_recv() => received?,
+                _ = stop.changed() => return Ok(true),
+            };
+            let Some(notification) = notification else {
+                return Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "notification connection closed",
+                ))));
+            };
+            match parse_notification(notification.payload(), &schema) {
+                Some(change) => sink.apply(change),
+                None => tracing::trace!("ignored a key change notification for another schema"),
+            }
+        }
+    }
+}
+
+/// Parses `"<op> <schema> <id> <unix microseconds>"`; returns `None` for another schema or
+/// an unreadable payload.
+fn parse_notification(payload: &str, schema: &str) -> Option<KeyChange> {
+    let mut parts = payload.split(' ');
+    let kind = ChangeKind::from_code(parts.next()?)?;
+    if parts.next()? != schema {
+        return None;
+    }
+    let id = KeyId::parse(parts.next()?).ok()?;
+    let changed_at = parts.next().and_then(|m| m.parse().ok()).and_then(from_micros);
+    Some(KeyChange {
+        id,
+        kind,
+        changed_at,
+    })
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn count_keys(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
+    async fn insert_key(&self, key: &NewKeyRecord) -> Result<KeyRecord, StoreError> {
+        let sql = format!("{INSERT} RETURNING {COLUMNS}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind_all(key)
+            .fetch_one(&self.pool)
+            .await?;
+        read_record(&row)
+    }
+
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash_bytes: Vec<u8> = row.try_get("key_hash")?;
+        let hash = KeyHash::from_slice(&hash_bytes)
+            .ok_or_else(|| corrupt(id.as_str(), "key_hash is not 32 bytes"))?;
+        Ok(Some(StoredKey {
+            record: read_record(&row)?,
+            hash,
+        }))
+    }
+
+    async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError> {
+        let mut builder: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM api_keys WHERE TRUE"));
+        if let Some(owner) = &query.owner {
+            builder.push(" AND owner = ").push_bind(owner.clone());
+        }
+        if let Some(after) = query.after {
+            builder.push(" AND seq < ").push_bind(after.seq());
+        }
+        // One extra row shows whether another page follows.
+        builder
+            .push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = builder.build().fetch_all(&self.pool).await?;
+
+        let more = rows.len() > query.limit as usize;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut last_seq = None;
+        for row in rows.iter().take(query.limit as usize) {
+            keys.push(read_record(row)?);
+            last_seq = Some(row.try_get::<i64, _>("seq")?);
+        }
+        let next_cursor = if more { last_seq.map(Cursor::new) } else { None };
+        Ok(KeyPage { keys, next_cursor })
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // COALESCE keeps a column when its parameter is NULL; the owner needs a separate
+        // flag because NULL is also a value it can be set to.
+        let sql = format!(
+            "UPDATE api_keys SET
+                 name = COALESCE($2, name),
+                 owner = CASE WHEN $3 THEN $4 ELSE owner END,
+                 scopes = COALESCE($5, scopes),
+                 metadata = COALESCE($6, metadata)
+             WHERE id = $1
+             RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .bind(update.name.as_ref().map(|n| n.as_str()))
+            .bind(update.owner.is_some())
+            .bind(
+                update
+                    .owner
+                    .as_ref()
+                    .and_then(|o| o.as_ref().map(|o| o.as_str())),
+            )
+            .bind(update.scopes.as_ref().map(|s| s.to_strings()))
+            .bind(update.metadata.as_ref().map(|m| Json(m.as_map().clone())))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| read_record(&row)).transpose()
+    }
+
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        at: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // Only an unrevoked key is updated, so an idempotent revoke sends no notification.
+        sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id.as_str())
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Self::fetch_record(&self.pool, id).await
+    }
+
+    async fn roll_key(
+        &self,
+        id: &KeyId,
+        successor: &NewKeyRecord,
+        grace_until: OffsetDateTime,
+    ) -> Result<RollOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock makes concurrent rolls of one key wait here, so exactly one wins.
+        let current = sqlx::query("SELECT id FROM api_keys WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if current.is_none() {
+            tx.rollback().await?;
+            return Ok(RollOutcome::NotFound);
+        }
+
+        // The successor row goes in first, because the old row's successor_id references it.
+        sqlx::query(INSERT)
+            .bind_all(successor)
+            .execute(&mut *tx)
+            .await?;
+        let updated = sqlx::query(
+            "UPDATE api_keys
+             SET successor_id = $2, expires_at = LEAST(COALESCE(expires_at, $3), $3)
+             WHERE id = $1 AND successor_id IS NULL AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > $4)",
+        )
+        .bind(id.as_str())
+        .bind(successor.id.as_str())
+        .bind(grace_until)
+        .bind(successor.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        if updated == 1 {
+            let previous = Self::fetch_record(&mut *tx, id).await?;
+            let next = Self::fetch_record(&mut *tx, &successor.id).await?;
+            tx.commit().await?;
+            let (Some(previous), Some(successor)) = (previous, next) else {
+                return Err(corrupt(id.as_str(), "rolled rows missing inside transaction"));
+            };
+            return Ok(RollOutcome::Rolled {
+                previous,
+                successor,
+            });
+        }
+
+        tx.rollback().await?;
+        let Some(current) = Self::fetch_record(&self.pool, id).await? else {
+            return Ok(RollOutcome::NotFound);
+        };
+        Ok(RollOutcome::refused(current))
+    }
+
+    async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = usage.iter().map(|(id, _)| id.as_str()).collect();
+        let times: Vec<OffsetDateTime> = usage.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "UPDATE api_keys AS k
+             SET last_used_at = GREATEST(COALESCE(k.last_used_at, u.at), u.at)
+             FROM UNNEST($1::text[], $2::timestamptz[]) AS u(id, at)
+             WHERE k.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = FIRST_FEED_BACKOFF;
+        loop {
+            match self.follow_once(sink.as_ref(), &mut stop).await {
+                Ok(_) => return,
+                Err(err) => {
+                    sink.lost(&err.to_string());
+                    tracing::warn!(error = %err, "PostgreSQL notification connection failed; reconnecting");
+                    if !wait_to_reconnect(&mut backoff, &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+const INSERT: &str = "INSERT INTO api_keys
+    (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Binds the nine columns of [`INSERT`] from a new key.
+trait BindInsert<'q> {
+    fn bind_all(self, key: &'q NewKeyRecord) -> Self;
+}
+
+impl<'q> BindInsert<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_all(self, key: &'q NewKeyRecord) -> Self {
+        self.bind(key.id.as_str())
+            .bind(key.hash.as_bytes().as_slice())
+            .bind(key.name.as_str())
+            .bind(key.owner.as_ref().map(|o| o.as_str()))
+            .bind(key.scopes.to_strings())
+            .bind(key.env.as_str())
+            .bind(Json(key.metadata.as_map().clone()))
+            .bind(key.created_at)
+            .bind(key.expires_at)
+    }
+}
+
+fn corrupt(id: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn read_record(row: &PgRow) -> Result<KeyRecord, StoreError> {
+    let id_text: String = row.try_get("id")?;
+    let bad = |column: &str| corrupt(&id_text, format!("column `{column}` holds an invalid value"));
+    let env_text: String = row.try_get("env")?;
+    let successor: Option<String> = row.try_get("successor_id")?;
+    let Json(metadata) = row.try_get("metadata")?;
+
+    Ok(KeyRecord {
+        id: KeyId::parse(&id_text).map_err(|_| bad("id"))?,
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        scopes: row.try_get("scopes")?,
+        env: env_text.parse::<KeyEnv>().map_err(|_| bad("env"))?,
+        metadata,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        successor_id: successor
+            .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
+            .transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_parses_own_schema_only() {
+        let change = parse_notification("U public AAAAAAAA 1700000000000000", "public").unwrap();
+        assert_eq!(change.kind, ChangeKind::Updated);
+        assert_eq!(change.id.as_str(), "AAAAAAAA");
+        assert!(change.changed_at.is_some());
+        assert!(parse_notification("U other AAAAAAAA 1", "public").is_none());
+        assert!(parse_notification("X public AAAAAAAA 1", "public").is_none());
+        assert!(parse_notification("garbage", "public").is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! Runs the README walkthrough, exactly as written, against a real `valet serve`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::valet_bin;
+
+const README: &str = include_str!("../../../../README.md");
+const DOCUMENTED_ADDRESS: &str = "127.0.0.1:8080";
+
+/// Kills the server when the test ends, pass or fail.
+struct ServerGuard(Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Returns the `sh` blocks of the walkthrough section, in order.
+fn walkthrough_blocks() -> Vec<String> {
+    let section = README
+        .split("\n## Walkthrough\n")
+        .nth(1)
+        .expect("README has a Walkthrough section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in section.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sh") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), text) => {
+                block.push_str(text);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `valet serve` on a fresh store and returns it with the bootstrap admin key.
+fn start_server(dir: &std::path::Path, address: &str) -> (ServerGuard, String) {
+    let mut child = Command::new(valet_bin())
+        .args(["serve", "--listen", address])
+        .env("VALET_DATABASE_URL", format!("sqlite://{}/valet.db", dir.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start valet serve");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ServerGuard(child);
+
+    // A reader thread drains standard output to its end, because the server fails when
+    // it cannot write the rest of the bootstrap message.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(key) = line.split_whitespace().find(|w| w.starts_with("vk_live_")) {
+                let _ = sender.send(key.to_owned());
+            }
+        }
+    });
+    let admin_key = receiver.recv_timeout(Duration::from_secs(10)).ok();
+    let admin_key = admin_key.expect("serve printed a bootstrap admin key");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "server did not listen within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (guard, admin_key)
+}
+
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    let blocks = walkthrough_blocks();
+    assert!(blocks.len() >= 5, "walkthrough has its blocks: {blocks:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let (_server, admin_key) = start_server(dir.path(), &address);
+
+    // The export line contains a placeholder; the test exports the real key instead.
+    let script: String = blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .filter(|line| !line.starts_with("export VALET_ADMIN_KEY="))
+        .map(|line| line.replace(DOCUMENTED_ADDRESS, &address) + "\n")
+        .collect();
+    let expected: Vec<&str> = blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .filter_map(|line| line.strip_prefix("# prints \""))
+        .map(|rest| rest.trim_end_matches('"'))
+        .collect();
+
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("VALET_ADMIN_KEY", &admin_key)
+        .current_dir(dir.path())
+        .output()
+        .expect("run bash; the walkthrough needs bash, curl and jq");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "walkthrough failed:\n{stdout}\n{stderr}");
+
+    let codes: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("\"code\": \""))
+        .map(|rest| rest.trim_end_matches(',').trim_end_matches('"'))
+        .collect();
+    assert_eq!(codes, expected, "walkthrough output:\n{stdout}");
+    assert!(stdout.contains("\"successor_id\": \""), "old key names its successor:\n{stdout}");
+}
