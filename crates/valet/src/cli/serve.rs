@@ -52,17 +52,19 @@ pub async fn run(service: Arc<KeyService>, args: &ServeArgs) -> anyhow::Result<E
         "starting valet"
     );
 
-    if let Some(created) = service.bootstrap_admin().await? {
-        print_bootstrap_key(&created, args.listen).context(
-            "could not print the bootstrap admin key on standard output; \
-             revoke it and create another with `valet keys create --name admin --scope admin`",
-        )?;
-    }
-
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+
+    // The port is bound first, so a start that cannot listen never spends the one
+    // printing of the bootstrap key.
+    if let Some(created) = service.bootstrap_admin().await? {
+        print_bootstrap_key(&created, local).context(
+            "could not print the bootstrap admin key on standard output; \
+             revoke it and create another with `valet keys create --name admin --scope admin`",
+        )?;
+    }
     tracing::info!(address = %local, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);

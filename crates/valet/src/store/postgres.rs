@@ -75,6 +75,9 @@ impl PostgresStore {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
+        // A lost connection must surface here, so that the cache stops answering, rather
+        // than be reconnected quietly inside sqlx with notifications missed.
+        listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
         sink.query_sent("snapshot_ids");
         let schema: String = sqlx::query_scalar("SELECT current_schema()")

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use valet::http::{self, AppState};
 use valet::key::{KeyEnv, KeyFormat};
 use valet::model::{KeyName, Metadata, Scopes};
-use valet::service::{KeyService, NewKey};
+use valet::service::{CacheConfig, KeyService, NewKey};
 use valet::store;
 
 /// Store backend a test runs against.
@@ -171,7 +171,7 @@ pub struct TestApp {
     pub admin_key: String,
     pub service: Arc<KeyService>,
     /// Keeps the store; it is removed when the app is dropped.
-    pub store: TestStore,
+    _store: TestStore,
     /// Stops the change feed when dropped.
     _stop: watch::Sender<bool>,
 }
@@ -179,21 +179,18 @@ pub struct TestApp {
 /// Starts a server on a fresh store of `backend` with one `admin` key, and waits until
 /// its cache follows the store's change feed.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let test_store = TestStore::create(backend).await;
-    let store = store::connect(&test_store.url()).await.expect("open store");
-    let service = Arc::new(KeyService::new(store, KeyFormat::default()));
+    let store = TestStore::create(backend).await;
+    let url = store.url();
+    spawn_app_at(store, &url, CacheConfig::default()).await
+}
+
+/// Starts a server on `url`, which must reach the empty store that `store` keeps alive.
+pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) -> TestApp {
+    let store = store::connect(url).await.expect("open store");
+    let service = Arc::new(KeyService::with_cache(store, KeyFormat::default(), cache));
     let (stop, stop_rx) = watch::channel(false);
     service.spawn_change_feed(stop_rx);
-    for _ in 0..200 {
-        if service.cache().is_trusted() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(
-        service.cache().is_trusted(),
-        "change feed connected within 2 s"
-    );
+    wait_until_trusted(&service, std::time::Duration::from_secs(2)).await;
 
     let admin = service
         .create(NewKey {
@@ -219,9 +216,35 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         client: Client::new(),
         admin_key: admin.raw.expose().to_owned(),
         service,
-        store: test_store,
+        _store: test_store,
         _stop: stop,
     }
+}
+
+/// Waits until the service's cache follows the change feed, failing after `limit`.
+pub async fn wait_until_trusted(service: &KeyService, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !service.cache().is_trusted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "change feed did not connect within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Sums `valet_store_queries_total` in a metrics text over operations not in `except`.
+pub fn store_queries(metrics: &str, except: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("valet_store_queries_total{"))
+        .filter(|line| {
+            !except
+                .iter()
+                .any(|op| line.contains(&format!("operation=\"{op}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 impl TestApp {

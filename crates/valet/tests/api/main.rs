@@ -1,10 +1,15 @@
-//! Integration tests: the real server on a free loopback port, a fresh SQLite file each.
+//! Integration tests: the real server on a free loopback port, each test on a fresh
+//! SQLite file or PostgreSQL schema.
 
 mod auth;
+mod cache;
 mod cli;
 mod errors;
 mod helpers;
 mod keys;
+mod multinode;
+mod process;
+mod proxy;
 mod readme;
 mod roll;
 mod secrets;

@@ -57,7 +57,10 @@ fn free_port() -> u16 {
 fn start_server(dir: &std::path::Path, address: &str) -> (ServerGuard, String) {
     let mut child = Command::new(valet_bin())
         .args(["serve", "--listen", address])
-        .env("VALET_DATABASE_URL", format!("sqlite://{}/valet.db", dir.display()))
+        .env(
+            "VALET_DATABASE_URL",
+            format!("sqlite://{}/valet.db", dir.display()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -81,7 +84,10 @@ fn start_server(dir: &std::path::Path, address: &str) -> (ServerGuard, String) {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "server did not listen within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (guard, admin_key)
@@ -118,7 +124,10 @@ fn readme_walkthrough_runs_as_written() {
         .expect("run bash; the walkthrough needs bash, curl and jq");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "walkthrough failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
 
     let codes: Vec<&str> = stdout
         .lines()
@@ -126,5 +135,8 @@ fn readme_walkthrough_runs_as_written() {
         .map(|rest| rest.trim_end_matches(',').trim_end_matches('"'))
         .collect();
     assert_eq!(codes, expected, "walkthrough output:\n{stdout}");
-    assert!(stdout.contains("\"successor_id\": \""), "old key names its successor:\n{stdout}");
+    assert!(
+        stdout.contains("\"successor_id\": \""),
+        "old key names its successor:\n{stdout}"
+    );
 }

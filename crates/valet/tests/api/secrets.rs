@@ -6,7 +6,7 @@ use reqwest::{Client, Method, RequestBuilder};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Server, Store, find_keys, secret_of, with_wrong_secret};
+use crate::process::{Server, Store, find_keys, secret_of, with_wrong_secret};
 
 /// Log filter for the server: every debug event, SQL statements from sqlx included.
 const DEBUG_LOG: &str = "debug,sqlx=debug";
