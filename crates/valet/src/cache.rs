@@ -68,7 +68,12 @@ impl KeyCache {
         if !self.is_trusted() {
             return Lookup::Miss(epoch);
         }
-        if !self.issued.read().expect("cache lock").contains(&id_value(id)) {
+        if !self
+            .issued
+            .read()
+            .expect("cache lock")
+            .contains(&id_value(id))
+        {
             return Lookup::NeverIssued;
         }
         match self.entries.read().expect("cache lock").get(id) {
@@ -117,7 +122,10 @@ impl KeyCache {
 
     /// Records a newly issued id.
     pub fn add_issued(&self, id: &KeyId) {
-        self.issued.write().expect("cache lock").insert(id_value(id));
+        self.issued
+            .write()
+            .expect("cache lock")
+            .insert(id_value(id));
     }
 
     /// Replaces the id filter with `ids`, empties the cache and trusts it again.
@@ -178,7 +186,10 @@ impl ChangeSink for CacheSync {
 
     fn lost(&self, reason: &str) {
         if self.cache.is_trusted() {
-            tracing::warn!(reason, "change feed lost; verifying against the store until it reconnects");
+            tracing::warn!(
+                reason,
+                "change feed lost; verifying against the store until it reconnects"
+            );
         }
         self.cache.distrust();
         self.metrics.set_cache_trusted(false);
@@ -247,7 +258,10 @@ mod tests {
         };
         cache.invalidate(&id("AAAAAAAA"));
         cache.insert(stored("AAAAAAAA"), epoch);
-        assert!(cache.is_empty(), "a load that raced with a change must not be cached");
+        assert!(
+            cache.is_empty(),
+            "a load that raced with a change must not be cached"
+        );
     }
 
     #[test]
@@ -260,10 +274,17 @@ mod tests {
         cache.insert(stored("AAAAAAAA"), epoch);
         cache.distrust();
         assert!(matches!(cache.lookup(&id("AAAAAAAA")), Lookup::Miss(_)));
-        assert!(cache.stale(&id("AAAAAAAA"), Duration::from_secs(60)).is_some());
+        assert!(
+            cache
+                .stale(&id("AAAAAAAA"), Duration::from_secs(60))
+                .is_some()
+        );
         assert!(cache.stale(&id("AAAAAAAA"), Duration::ZERO).is_none());
         cache.resync(&[id("AAAAAAAA")]);
-        assert!(matches!(cache.lookup(&id("AAAAAAAA")), Lookup::Miss(_)), "resync empties");
+        assert!(
+            matches!(cache.lookup(&id("AAAAAAAA")), Lookup::Miss(_)),
+            "resync empties"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ impl Metrics {
         registry.register(
             "valet_build",
             "Build of this server",
-            Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
         );
 
         let requests = Family::<RequestLabels, Counter>::default();

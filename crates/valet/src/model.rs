@@ -142,9 +142,8 @@ impl Scopes {
         }
         let mut scopes: Vec<Scope> = Vec::with_capacity(values.len());
         for (index, value) in values.iter().enumerate() {
-            let scope = Scope::parse(field, value.as_ref()).map_err(|err| {
-                InvalidField::new(field, format!("item {index}: {}", err.reason))
-            })?;
+            let scope = Scope::parse(field, value.as_ref())
+                .map_err(|err| InvalidField::new(field, format!("item {index}: {}", err.reason)))?;
             if !scopes.contains(&scope) {
                 scopes.push(scope);
             }

@@ -174,7 +174,11 @@ impl KeyService {
     ///
     /// The cache stays untrusted, so every verification reads the store, until
     /// [`KeyService::spawn_change_feed`] has connected the store's change feed.
-    pub fn with_cache(store: Arc<dyn KeyStore>, format: KeyFormat, cache_config: CacheConfig) -> Self {
+    pub fn with_cache(
+        store: Arc<dyn KeyStore>,
+        format: KeyFormat,
+        cache_config: CacheConfig,
+    ) -> Self {
         let metrics = Metrics::new();
         let store: Arc<dyn KeyStore> = Arc::new(CountingStore::new(store, metrics.clone()));
         Self {

@@ -136,7 +136,8 @@ fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Resu
 /// so that a flood of bad keys is visible without a log line per request.
 async fn report_failed_verifications(service: Arc<KeyService>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(FAILURE_REPORT_INTERVAL);
-    let snapshot = || VerifyCode::ALL.map(|code| (code, service.metrics().verification_count(code)));
+    let snapshot =
+        || VerifyCode::ALL.map(|code| (code, service.metrics().verification_count(code)));
     let mut previous = snapshot();
     loop {
         tokio::select! {

@@ -173,11 +173,7 @@ pub fn redact_keys(text: &str, prefix: &str) -> String {
             continue;
         }
         let word = &rest[..word_len];
-        let longest_run = word
-            .split('_')
-            .map(str::len)
-            .max()
-            .unwrap_or_default();
+        let longest_run = word.split('_').map(str::len).max().unwrap_or_default();
         if word.contains(&marker) || longest_run >= SECRET_LIKE_RUN {
             out.push_str("[REDACTED]");
         } else {

@@ -40,10 +40,7 @@ impl PostgresStore {
     /// at once.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|err| {
-            StoreError::UnsupportedUrl(format!(
-                "invalid PostgreSQL URL {}: {err}",
-                redact_url(url)
-            ))
+            StoreError::UnsupportedUrl(format!("invalid PostgreSQL URL {}: {err}", redact_url(url)))
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -98,10 +95,12 @@ impl PostgresStore {
                 _ = stop.changed() => return Ok(true),
             };
             let Some(notification) = notification else {
-                return Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "notification connection closed",
-                ))));
+                return Err(StoreError::Unavailable(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "notification connection closed",
+                    ),
+                )));
             };
             match parse_notification(notification.payload(), &schema) {
                 Some(change) => sink.apply(change),
@@ -120,7 +119,10 @@ fn parse_notification(payload: &str, schema: &str) -> Option<KeyChange> {
         return None;
     }
     let id = KeyId::parse(parts.next()?).ok()?;
-    let changed_at = parts.next().and_then(|m| m.parse().ok()).and_then(from_micros);
+    let changed_at = parts
+        .next()
+        .and_then(|m| m.parse().ok())
+        .and_then(from_micros);
     Some(KeyChange {
         id,
         kind,
@@ -195,7 +197,11 @@ impl KeyStore for PostgresStore {
             keys.push(read_record(row)?);
             last_seq = Some(row.try_get::<i64, _>("seq")?);
         }
-        let next_cursor = if more { last_seq.map(Cursor::new) } else { None };
+        let next_cursor = if more {
+            last_seq.map(Cursor::new)
+        } else {
+            None
+        };
         Ok(KeyPage { keys, next_cursor })
     }
 
@@ -287,7 +293,10 @@ impl KeyStore for PostgresStore {
             let next = Self::fetch_record(&mut *tx, &successor.id).await?;
             tx.commit().await?;
             let (Some(previous), Some(successor)) = (previous, next) else {
-                return Err(corrupt(id.as_str(), "rolled rows missing inside transaction"));
+                return Err(corrupt(
+                    id.as_str(),
+                    "rolled rows missing inside transaction",
+                ));
             };
             return Ok(RollOutcome::Rolled {
                 previous,
@@ -367,7 +376,12 @@ fn corrupt(id: &str, reason: impl Into<String>) -> StoreError {
 
 fn read_record(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let id_text: String = row.try_get("id")?;
-    let bad = |column: &str| corrupt(&id_text, format!("column `{column}` holds an invalid value"));
+    let bad = |column: &str| {
+        corrupt(
+            &id_text,
+            format!("column `{column}` holds an invalid value"),
+        )
+    };
     let env_text: String = row.try_get("env")?;
     let successor: Option<String> = row.try_get("successor_id")?;
     let Json(metadata) = row.try_get("metadata")?;

@@ -124,7 +124,11 @@ impl SqliteStore {
             if let Some((first, _)) = changes.first()
                 && *first != last + 1
             {
-                tracing::warn!(expected = last + 1, found = first, "key_changes has a gap; resynchronising");
+                tracing::warn!(
+                    expected = last + 1,
+                    found = first,
+                    "key_changes has a gap; resynchronising"
+                );
                 return Ok(false);
             }
             for (seq, change) in changes {
