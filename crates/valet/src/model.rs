@@ -77,13 +77,28 @@ fn parse_text(field: &'static str, value: &str) -> Result<String, InvalidField> 
             format!("is {chars} characters long; the maximum is {MAX_TEXT_CHARS}"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Err(InvalidField::new(
             field,
-            "must not contain control characters",
+            "must not contain control characters, or invisible or direction-changing ones such as U+200B or U+202E",
         ));
     }
     Ok(value.to_owned())
+}
+
+/// Returns whether `c` is an invisible formatting character (zero-width, bidirectional
+/// override, line separator) that can make two different values look alike in a listing.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// One scope, as RFC 6749 section 3.3 defines a scope token: printable ASCII other than
@@ -247,6 +262,18 @@ pub struct NewKeyRecord {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// The new key of a roll. Its name, owner, scopes and metadata are copied from the old
+/// key inside the roll's transaction, so a concurrent update cannot be lost.
+#[derive(Clone, Debug)]
+pub struct Successor {
+    pub id: KeyId,
+    pub hash: KeyHash,
+    /// Environment the raw key was generated for; the roll fails unless the old key has it.
+    pub env: KeyEnv,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
 /// Fields to change on a key; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct KeyUpdate {
@@ -264,6 +291,33 @@ impl KeyUpdate {
             && self.scopes.is_none()
             && self.metadata.is_none()
     }
+}
+
+/// Latest expiry a key may have: the end of year 9999 UTC, the last instant that RFC 3339
+/// can write.
+pub const MAX_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59.999999 UTC);
+
+/// Checks a requested expiry and returns it in UTC, truncated to whole microseconds.
+///
+/// The expiry must lie after `now` and no later than [`MAX_EXPIRY`]; an offset such as
+/// `-00:01` can move a year-9999 timestamp past that limit.
+pub fn parse_expiry(
+    at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, InvalidField> {
+    let too_late = || InvalidField::new("expires_at", "must be no later than 9999-12-31T23:59:59Z");
+    let utc = at
+        .checked_to_offset(time::UtcOffset::UTC)
+        .ok_or_else(too_late)?;
+    if utc <= now {
+        return Err(InvalidField::new("expires_at", "must be in the future"));
+    }
+    if utc > MAX_EXPIRY {
+        return Err(too_late());
+    }
+    Ok(utc
+        .replace_nanosecond(utc.nanosecond() / 1_000 * 1_000)
+        .expect("a truncated nanosecond is in range"))
 }
 
 /// Returns the current time, truncated to whole microseconds so that it survives a round
@@ -324,6 +378,9 @@ mod tests {
         assert!(KeyName::parse("  ").is_err());
         assert!(KeyName::parse(&"n".repeat(201)).is_err());
         assert!(Owner::parse("acme\n").is_err());
+        assert!(Owner::parse("acme\u{200B}").is_err());
+        assert!(KeyName::parse("\u{202E}evil").is_err());
+        assert!(KeyName::parse("Zürich café").is_ok());
     }
 
     #[test]
@@ -332,6 +389,21 @@ mod tests {
         assert!(Metadata::parse(serde_json::json!([1, 2])).is_err());
         let big = serde_json::json!({ "blob": "x".repeat(MAX_METADATA_BYTES) });
         assert!(Metadata::parse(big).is_err());
+    }
+
+    #[test]
+    fn parse_expiry_bounds_range() {
+        let now = now();
+        let past = now - time::Duration::seconds(1);
+        assert!(parse_expiry(past, now).is_err());
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let beyond = OffsetDateTime::parse("9999-12-31T23:59:59-00:01", rfc3339).unwrap();
+        assert!(parse_expiry(beyond, now).is_err(), "year 10000 in UTC");
+        let local = time::macros::datetime!(2099-01-01 02:00)
+            .assume_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        let utc = parse_expiry(local, now).unwrap();
+        assert_eq!(utc, time::macros::datetime!(2099-01-01 00:00 UTC));
+        assert_eq!(from_micros(to_micros(utc)), Some(utc));
     }
 
     #[test]

@@ -9,12 +9,13 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::cache::{CacheSync, KeyCache, Lookup};
-use crate::key::{KeyEnv, KeyFormat, KeyId, RawKey};
+use crate::key::{KeyEnv, KeyFormat, KeyHash, KeyId, RawKey};
 use crate::metrics::Metrics;
 use crate::model::{
     self, InvalidField, KeyName, KeyRecord, KeyUpdate, Metadata, NewKeyRecord, Owner, Scopes,
-    StoredKey,
+    StoredKey, Successor,
 };
+use crate::redact::redact_keys;
 use crate::store::{CountingStore, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
 use crate::usage::UsageTracker;
 
@@ -226,11 +227,13 @@ impl KeyService {
     }
 
     /// Creates a key and returns it with its raw form, which is never available again.
-    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ServiceError> {
+    pub async fn create(&self, mut new: NewKey) -> Result<CreatedKey, ServiceError> {
+        self.reject_key_like_scopes(&new.scopes)?;
         let now = model::now();
-        if new.expires_at.is_some_and(|at| at <= now) {
-            return Err(InvalidField::new("expires_at", "must be in the future").into());
-        }
+        new.expires_at = new
+            .expires_at
+            .map(|at| model::parse_expiry(at, now))
+            .transpose()?;
         let created = self.insert_fresh(new, now).await?;
         self.cache.add_issued(&created.record.id);
         tracing::info!(key_id = %created.record.id, env = %created.record.env, "created key");
@@ -264,11 +267,7 @@ impl KeyService {
             .format
             .generate(new.env, &id)
             .map_err(ServiceError::Random)?;
-        let hash = self
-            .format
-            .parse(raw.expose())
-            .expect("a generated key parses")
-            .hash();
+        let hash = KeyHash::of(raw.expose());
         let record = NewKeyRecord {
             id,
             hash,
@@ -343,7 +342,8 @@ impl KeyService {
             ));
         }
         if let Some(missing) = record.missing_scope(required) {
-            let message = format!("key lacks the required scope `{missing}`");
+            let scope = redact_keys(missing.as_str(), self.format.prefix().as_str());
+            let message = format!("key lacks the required scope `{scope}`");
             return Ok(Verification::fail(
                 VerifyCode::InsufficientScope,
                 Some(record),
@@ -420,6 +420,9 @@ impl KeyService {
 
     /// Changes name, owner, scopes or metadata.
     pub async fn update(&self, id: &KeyId, update: KeyUpdate) -> Result<KeyRecord, ServiceError> {
+        if let Some(scopes) = &update.scopes {
+            self.reject_key_like_scopes(scopes)?;
+        }
         let mut record = self
             .store
             .update_key(id, &update)
@@ -463,21 +466,26 @@ impl KeyService {
             .into());
         }
         let now = model::now();
-        if expires_at.is_some_and(|at| at <= now) {
-            return Err(InvalidField::new("expires_at", "must be in the future").into());
-        }
-        let current = self.get(id).await?;
-        let template = NewKey {
-            name: KeyName::parse(&current.name)?,
-            owner: current.owner.as_deref().map(Owner::parse).transpose()?,
-            scopes: Scopes::parse("scopes", &current.scopes)?,
-            env: current.env,
-            metadata: Metadata::parse(current.metadata.clone().into())?,
-            expires_at,
-        };
+        let expires_at = expires_at
+            .map(|at| model::parse_expiry(at, now))
+            .transpose()?;
+        // Only the env is read ahead, to generate the raw key; it never changes after
+        // creation. Everything else is copied inside the store's transaction.
+        let env = self.get(id).await?.env;
 
         for _ in 0..ID_ATTEMPTS {
-            let (successor, raw) = self.new_record(&template, now)?;
+            let successor_id = KeyId::generate().map_err(ServiceError::Random)?;
+            let raw = self
+                .format
+                .generate(env, &successor_id)
+                .map_err(ServiceError::Random)?;
+            let successor = Successor {
+                hash: KeyHash::of(raw.expose()),
+                id: successor_id,
+                env,
+                created_at: now,
+                expires_at,
+            };
             let outcome = match self.store.roll_key(id, &successor, now + grace).await {
                 Err(StoreError::IdTaken) => continue,
                 other => other?,
@@ -529,6 +537,23 @@ impl KeyService {
         let created = self.create(new).await?;
         tracing::info!(key_id = %created.record.id, "created bootstrap admin key on empty store");
         Ok(Some(created))
+    }
+
+    /// Rejects scopes that could be key material, so that a key pasted into the wrong
+    /// field is never stored and shown back in lists.
+    fn reject_key_like_scopes(&self, scopes: &Scopes) -> Result<(), InvalidField> {
+        let prefix = self.format.prefix().as_str();
+        for (index, scope) in scopes.iter().enumerate() {
+            if redact_keys(scope.as_str(), prefix) != scope.as_str() {
+                return Err(InvalidField::new(
+                    "scopes",
+                    format!(
+                        "item {index} looks like an API key; a scope is a name such as orders:read"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn overlay_usage(&self, record: &mut KeyRecord) {

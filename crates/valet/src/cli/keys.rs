@@ -1,6 +1,6 @@
 //! `valet keys ...`: key management straight on the store, for bootstrap and recovery.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -105,8 +105,11 @@ pub struct UpdateArgs {
     #[arg(long)]
     clear_owner: bool,
     /// Replace the scopes; repeat for several, or separate with commas.
-    #[arg(long = "scope", value_delimiter = ',')]
+    #[arg(long = "scope", value_delimiter = ',', conflicts_with = "clear_scopes")]
     scopes: Option<Vec<String>>,
+    /// Remove every scope.
+    #[arg(long)]
+    clear_scopes: bool,
     /// Replace the metadata with this JSON object.
     #[arg(long)]
     metadata: Option<String>,
@@ -128,7 +131,7 @@ pub struct RollArgs {
     output: OutputArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct VerifyArgs {
     /// Key to check. Leave it out to read it from standard input, which keeps it out of
     /// the shell history and the process list.
@@ -138,6 +141,16 @@ pub struct VerifyArgs {
     scopes: Vec<String>,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+impl std::fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("key", &self.key.as_ref().map(|_| "[REDACTED]"))
+            .field("scopes", &self.scopes)
+            .field("output", &self.output)
+            .finish()
+    }
 }
 
 fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
@@ -152,7 +165,15 @@ fn parse_metadata(text: &str) -> anyhow::Result<Metadata> {
 }
 
 fn parse_id(text: &str) -> anyhow::Result<KeyId> {
-    KeyId::parse(text).map_err(|err| anyhow::anyhow!("{err}"))
+    KeyId::parse(text).map_err(|err| {
+        if text.matches('_').count() == 4 {
+            anyhow::anyhow!(
+                "{err}: this looks like a whole key; pass only its id, the 8 characters after the environment"
+            )
+        } else {
+            anyhow::anyhow!("{err}")
+        }
+    })
 }
 
 pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -184,7 +205,7 @@ pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<E
                 .as_deref()
                 .map(|text| {
                     Cursor::decode(text).context(
-                        "--cursor is not one this server issued: pass next_cursor unchanged",
+                        "--cursor is not a cursor Valet wrote: pass next_cursor from the previous page unchanged",
                     )
                 })
                 .transpose()?;
@@ -220,15 +241,18 @@ pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<E
             let update = KeyUpdate {
                 name: args.name.as_deref().map(KeyName::parse).transpose()?,
                 owner,
-                scopes: args
-                    .scopes
-                    .map(|scopes| Scopes::parse("scope", &scopes))
-                    .transpose()?,
+                scopes: if args.clear_scopes {
+                    Some(Scopes::default())
+                } else {
+                    args.scopes
+                        .map(|scopes| Scopes::parse("scope", &scopes))
+                        .transpose()?
+                },
                 metadata: args.metadata.as_deref().map(parse_metadata).transpose()?,
             };
             anyhow::ensure!(
                 !update.is_empty(),
-                "nothing to update: pass --name, --owner, --clear-owner, --scope or --metadata"
+                "nothing to update: pass --name, --owner, --clear-owner, --scope, --clear-scopes or --metadata"
             );
             let key = KeyObject::from(service.update(&parse_id(&args.id)?, update).await?);
             print_key(&key, args.output.json)?;
@@ -279,7 +303,8 @@ pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<E
                     print!("{}", table::key_detail(key));
                 }
             }
-            service.usage().flush(service.store().as_ref()).await?;
+            // An operator's check is not a use of the key, so the pending last_used_at is
+            // dropped with the process rather than written.
             if !valid {
                 return Ok(ExitCode::from(EXIT_KEY_INVALID));
             }
@@ -288,13 +313,21 @@ pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads one key from standard input: at most 1 KiB, surrounding ASCII whitespace
+/// removed. Keys are ASCII, so other whitespace is left for the parser to reject.
 fn read_key_from_stdin() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
+        .take(1024)
         .read_line(&mut line)
         .context("could not read the key from standard input")?;
-    Ok(line.trim().to_owned())
+    let key = line.trim_ascii().to_owned();
+    anyhow::ensure!(
+        !key.is_empty(),
+        "no key on standard input: pipe the key in, or pass it as an argument"
+    );
+    Ok(key)
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -51,7 +51,12 @@ pub enum Command {
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init();
+    // Key commands print results for a person; their progress logs would be noise.
+    let default_filter = match cli.command {
+        Command::Serve(_) => crate::telemetry::DEFAULT_FILTER,
+        Command::Keys(_) => "warn",
+    };
+    crate::telemetry::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,22 +85,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = KeyFormat::new(key_prefix);
     match command {
         Command::Serve(args) => {
-            let service = open_service(&database_url, format, args.cache_config()).await?;
-            serve::run(service, &args).await
+            let service = open_service(&database_url, true, format, args.cache_config()).await?;
+            let result = serve::run(service.clone(), &args, &database_url).await;
+            service.store().close().await;
+            result
         }
         Command::Keys(command) => {
-            let service = open_service(&database_url, format, CacheConfig::default()).await?;
-            keys::run(&service, command).await
+            // Only `keys create` may start a new store, for bootstrap without the server;
+            // the other commands on a mistyped path fail instead of showing an empty store.
+            let create = matches!(command, keys::KeysCommand::Create(_));
+            let service =
+                open_service(&database_url, create, format, CacheConfig::default()).await?;
+            let result = keys::run(&service, command).await;
+            service.store().close().await;
+            result
         }
     }
 }
 
 async fn open_service(
     database_url: &str,
+    create: bool,
     format: KeyFormat,
     cache: CacheConfig,
 ) -> anyhow::Result<Arc<KeyService>> {
-    let store = store::connect(database_url).await.map_err(|err| {
+    let store = store::connect(database_url, create).await.map_err(|err| {
         anyhow::anyhow!(
             "could not open the store named by --database-url ({}): {err}",
             store::redact_url(database_url)

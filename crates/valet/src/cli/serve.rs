@@ -19,8 +19,8 @@ const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address and port to listen on, as IP:PORT, for example 127.0.0.1:8080 or [::1]:8080.
+    #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Maximum number of verified keys kept in memory.
@@ -33,6 +33,13 @@ pub struct ServeArgs {
     pub stale_if_error_seconds: u64,
 }
 
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080; host names are not resolved"
+            .to_owned()
+    })
+}
+
 impl ServeArgs {
     pub fn cache_config(&self) -> CacheConfig {
         CacheConfig {
@@ -42,10 +49,15 @@ impl ServeArgs {
     }
 }
 
-pub async fn run(service: Arc<KeyService>, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    service: Arc<KeyService>,
+    args: &ServeArgs,
+    database_url: &str,
+) -> anyhow::Result<ExitCode> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         store = service.store().backend(),
+        database_url = %crate::store::redact_url(database_url),
         key_prefix = %service.format().prefix(),
         cache_capacity = args.cache_capacity,
         stale_if_error_seconds = args.stale_if_error_seconds,
@@ -84,7 +96,7 @@ pub async fn run(service: Arc<KeyService>, args: &ServeArgs) -> anyhow::Result<E
     let state = AppState {
         service: service.clone(),
     };
-    http::serve(listener, state, shutdown_signal()).await?;
+    http::serve(listener, state, shutdown_signal()).await;
 
     let _ = stop_tx.send(true);
     let _ = flusher.await;
@@ -123,6 +135,10 @@ fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Resu
         "    curl -H \"Authorization: Bearer $VALET_ADMIN_KEY\" http://{listen}/v1/keys"
     )?;
     writeln!(out, "Key id: {}", created.record.id)?;
+    writeln!(
+        out,
+        "Lost it? Create another on the same store: valet keys create --name admin --scope admin"
+    )?;
     writeln!(
         out,
         "==================================================================="

@@ -1,5 +1,7 @@
 //! Bearer authentication of management and verify callers, with RFC 6750 challenges.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
@@ -13,6 +15,32 @@ pub const ADMIN_SCOPE: &str = "admin";
 pub const VERIFY_SCOPE: &str = "keys:verify";
 
 const REALM: &str = "valet";
+
+/// The caller's key, checked to hold scope `admin`. As the first argument of a handler it
+/// runs before the path and body are read, so an unauthenticated caller learns nothing
+/// about the request format.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers, &[ADMIN_SCOPE]).await?;
+        Ok(Self)
+    }
+}
+
+/// The caller's key, checked to hold scope `admin` or `keys:verify`.
+pub struct Verifier;
+
+impl FromRequestParts<AppState> for Verifier {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers, &[ADMIN_SCOPE, VERIFY_SCOPE]).await?;
+        Ok(Self)
+    }
+}
 
 /// Checks the request's bearer key and that it has at least one of the `accepted` scopes.
 ///
@@ -41,17 +69,28 @@ pub async fn authorize(
             "Bearer realm=\"{REALM}\", error=\"invalid_request\""
         )));
     }
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|text| text.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(token) = token else {
+    let bytes = value.as_bytes();
+    let scheme_ok = bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"bearer");
+    if !scheme_ok || (bytes.len() > 6 && bytes[6] != b' ') {
         return Err(unauthorized(
             "invalid_credentials",
             "the Authorization header must use the Bearer scheme: Authorization: Bearer <key>",
             None,
+        ));
+    }
+    let token = bytes.get(7..).unwrap_or_default().trim_ascii();
+    if token.is_empty() {
+        return Err(unauthorized(
+            "invalid_credentials",
+            "the Authorization header has no key after `Bearer`: send Authorization: Bearer <key>",
+            None,
+        ));
+    }
+    let Ok(token) = std::str::from_utf8(token) else {
+        return Err(unauthorized(
+            "invalid_token",
+            "the bearer key is not valid: it contains bytes that are not UTF-8",
+            Some("invalid_token"),
         ));
     };
 
@@ -88,6 +127,8 @@ pub async fn authorize(
             ),
         );
     }
+    // Management actions logged inside this request name the key that asked for them.
+    tracing::Span::current().record("actor", record.id.as_str());
     Ok(record)
 }
 

@@ -7,8 +7,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use super::problem::{ApiError, redact_keys};
+use super::problem::ApiError;
 use crate::key::KeyId;
+use crate::redact::redact_keys;
 
 /// A JSON request body. The body must be non-empty and sent as `application/json`.
 pub struct ApiJson<T>(pub T);
@@ -56,7 +57,10 @@ async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes),
                 ),
             )
         } else {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
+            ApiError::bad_request(
+                "unreadable_body",
+                "the request body could not be read: check its Content-Length or chunked encoding",
+            )
         }
     })?;
     Ok((headers, bytes))
@@ -74,21 +78,49 @@ fn decode<T: DeserializeOwned>(
             "send the body as JSON with the header Content-Type: application/json",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|err| {
-        let prefix = state.service.format().prefix().as_str();
-        let detail = redact_keys(&err.to_string(), prefix);
-        if err.is_data() {
-            ApiError::unprocessable(
-                "invalid_body",
-                format!("the JSON body does not match the expected fields: {detail}"),
-            )
-        } else {
-            ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not valid JSON: {detail}"),
-            )
+    // serde would also accept an array, matching fields by position; the API takes
+    // objects only.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{')
+        && serde_json::from_slice::<serde_json::Value>(bytes).is_ok()
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
+
+    let prefix = state.service.format().prefix().as_str();
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(value) => match deserializer.end() {
+            Ok(()) => Ok(value),
+            Err(err) => Err(json_error(&err, None, prefix)),
+        },
+        Err(err) => {
+            let path = err.path().to_string();
+            Err(json_error(err.inner(), Some(&path), prefix))
         }
-    })
+    }
+}
+
+/// Turns a JSON error into a problem that names the field at `path` when there is one.
+fn json_error(err: &serde_json::Error, path: Option<&str>, prefix: &str) -> ApiError {
+    let detail = redact_keys(&err.to_string(), prefix);
+    if !err.is_data() {
+        return ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {detail}"),
+        );
+    }
+    let field = match path {
+        Some(path) if path != "." => format!("`{}`: ", redact_keys(path, prefix)),
+        _ => String::new(),
+    };
+    ApiError::unprocessable(
+        "invalid_body",
+        format!("the JSON body does not match the expected fields: {field}{detail}"),
+    )
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -2,18 +2,19 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
 
 use super::AppState;
-use super::auth::{ADMIN_SCOPE, VERIFY_SCOPE, authorize};
+use super::auth::{Admin, Verifier};
 use super::extract::{ApiJson, KeyIdPath, OptionalJson};
-use super::problem::{ApiError, redact_keys};
+use super::problem::ApiError;
 use crate::api::{CreatedKeyObject, KeyListObject, KeyObject, RolledKeyObject, VerifyObject};
 use crate::key::KeyEnv;
-use crate::model::{KeyName, KeyUpdate, Metadata, Owner, Scopes};
+use crate::model::{InvalidField, KeyName, KeyUpdate, Metadata, Owner, Scopes};
+use crate::redact::redact_keys;
 use crate::service::{DEFAULT_GRACE, NewKey};
 use crate::store::{Cursor, ListQuery};
 
@@ -38,12 +39,17 @@ pub struct CreateKeyRequest {
 }
 
 pub async fn create(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateKeyRequest>,
-) -> Result<(StatusCode, Json<CreatedKeyObject>), ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
-
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, String); 1],
+        Json<CreatedKeyObject>,
+    ),
+    ApiError,
+> {
     let new = NewKey {
         name: KeyName::parse(&body.name).map_err(invalid)?,
         owner: body
@@ -62,7 +68,12 @@ pub async fn create(
         expires_at: body.expires_at,
     };
     let created = state.service.create(new).await?;
-    Ok((StatusCode::CREATED, Json(created.into())))
+    let location = format!("/v1/keys/{}", created.record.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(created.into()),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -74,11 +85,10 @@ pub struct ListParams {
 }
 
 pub async fn list(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<KeyListObject>, ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
     let Query(params) = params.map_err(|rejection| {
         let prefix = state.service.format().prefix().as_str();
         ApiError::bad_request(
@@ -92,9 +102,9 @@ pub async fn list(
 
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
+        Some(text) => Some(text)
+            .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|text| text.parse::<u32>().ok())
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
                 ApiError::bad_request(
@@ -116,6 +126,10 @@ pub async fn list(
         })
         .transpose()?;
 
+    if let Some(owner) = &params.owner {
+        Owner::parse(owner)
+            .map_err(|err| ApiError::bad_request("invalid_owner", err.to_string()))?;
+    }
     let query = ListQuery {
         owner: params.owner,
         limit,
@@ -126,62 +140,77 @@ pub async fn list(
 }
 
 pub async fn show(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     KeyIdPath(id): KeyIdPath,
 ) -> Result<Json<KeyObject>, ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
     Ok(Json(state.service.get(&id).await?.into()))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
-    #[serde(default)]
-    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     owner: Option<Option<String>>,
-    #[serde(default)]
-    scopes: Option<Vec<String>>,
-    #[serde(default)]
-    metadata: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    scopes: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    metadata: Option<Option<Value>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Rejects `null` for a field that cannot be cleared, saying what to send instead.
+fn not_null<T>(
+    field: &'static str,
+    value: Option<Option<T>>,
+    instead: &str,
+) -> Result<Option<T>, ApiError> {
+    match value {
+        Some(None) => Err(invalid(InvalidField::new(
+            field,
+            format!("cannot be null; {instead}"),
+        ))),
+        Some(Some(value)) => Ok(Some(value)),
+        None => Ok(None),
+    }
 }
 
 pub async fn update(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     KeyIdPath(id): KeyIdPath,
     ApiJson(body): ApiJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyObject>, ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
+    let name = not_null("name", body.name, "send a new name or leave the field out")?;
+    let scopes = not_null("scopes", body.scopes, "send [] to remove every scope")?;
+    let metadata = not_null("metadata", body.metadata, "send {} to clear the metadata")?;
+    let owner = body
+        .owner
+        .map(|owner| owner.as_deref().map(Owner::parse).transpose())
+        .transpose();
 
     let update = KeyUpdate {
-        name: body
-            .name
+        name: name
             .as_deref()
             .map(KeyName::parse)
             .transpose()
             .map_err(invalid)?,
-        owner: body
-            .owner
-            .map(|owner| owner.as_deref().map(Owner::parse).transpose())
-            .transpose()
-            .map_err(invalid)?,
-        scopes: body
-            .scopes
+        owner: owner.map_err(invalid)?,
+        scopes: scopes
             .map(|scopes| Scopes::parse("scopes", &scopes))
             .transpose()
             .map_err(invalid)?,
-        metadata: body
-            .metadata
-            .map(Metadata::parse)
-            .transpose()
-            .map_err(invalid)?,
+        metadata: metadata.map(Metadata::parse).transpose().map_err(invalid)?,
     };
     if update.is_empty() {
         return Err(ApiError::unprocessable(
@@ -202,12 +231,11 @@ pub struct RollRequest {
 }
 
 pub async fn roll(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     KeyIdPath(id): KeyIdPath,
     OptionalJson(body): OptionalJson<RollRequest>,
 ) -> Result<(StatusCode, Json<RolledKeyObject>), ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
     let grace = body
         .grace_period_seconds
         .map_or(DEFAULT_GRACE, Duration::seconds);
@@ -216,11 +244,10 @@ pub async fn roll(
 }
 
 pub async fn revoke(
+    _admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     KeyIdPath(id): KeyIdPath,
 ) -> Result<Json<KeyObject>, ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE]).await?;
     Ok(Json(state.service.revoke(&id).await?.into()))
 }
 
@@ -233,16 +260,15 @@ pub struct VerifyRequest {
 }
 
 pub async fn verify(
+    _verifier: Verifier,
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyObject>, ApiError> {
-    authorize(&state, &headers, &[ADMIN_SCOPE, VERIFY_SCOPE]).await?;
     let required = Scopes::parse("scopes", &body.scopes).map_err(invalid)?;
     let verification = state.service.verify(&body.key, &required).await?;
     Ok(Json(verification.into()))
 }
 
-fn invalid(err: crate::model::InvalidField) -> ApiError {
+fn invalid(err: InvalidField) -> ApiError {
     ApiError::unprocessable("invalid_field", err.to_string())
 }

@@ -7,6 +7,7 @@ mod auth;
 mod extract;
 mod keys;
 mod problem;
+mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 
 pub use auth::{ADMIN_SCOPE, VERIFY_SCOPE};
 pub use problem::ApiError;
+pub use server::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
 
 use crate::service::KeyService;
 
@@ -54,15 +56,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains open requests.
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting, drains
+/// in-flight requests for up to [`DRAIN_TIMEOUT`] and closes the connections left.
+///
+/// Request headers must arrive within [`HEADER_READ_TIMEOUT`] and a whole request within
+/// [`REQUEST_TIMEOUT`]. Accept errors are logged and retried, so serving ends only
+/// through `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    server::serve_router(listener, router(state), shutdown).await;
 }
 
 /// Liveness: answers while the process serves, without touching the store.
@@ -118,10 +123,20 @@ async fn log_request(State(state): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or("unmatched", |path| path.as_str())
         .to_owned();
-    let span = tracing::debug_span!("request", method = %request.method(), route = %route);
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        actor = tracing::field::Empty,
+    );
     let started = Instant::now();
     async move {
-        let response = next.run(request).await;
+        let mut response = next.run(request).await;
+        // Answers of this API describe keys and are never to be cached by any proxy.
+        response
+            .headers_mut()
+            .entry(axum::http::header::CACHE_CONTROL)
+            .or_insert(axum::http::HeaderValue::from_static("no-store"));
         state
             .service
             .metrics()

@@ -233,7 +233,8 @@ pub enum KeyFormatError {
     #[error("key is {len} bytes long; keys are at most {MAX_KEY_LEN}")]
     TooLong { len: usize },
     #[error(
-        "key has {parts} parts separated by `_`; expected 5: prefix, environment, id, secret and checksum"
+        "key has {parts} {} separated by `_`; expected 5: prefix, environment, id, secret and checksum",
+        if *parts == 1 { "part" } else { "parts" }
     )]
     PartCount { parts: usize },
     #[error("key prefix does not match this server's prefix `{expected}`")]

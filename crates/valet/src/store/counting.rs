@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::{ChangeSink, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
 use crate::key::KeyId;
 use crate::metrics::Metrics;
-use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
 
 /// Wraps a store and counts each call by operation name before passing it on.
 pub struct CountingStore {
@@ -27,6 +27,10 @@ impl CountingStore {
 impl KeyStore for CountingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -75,7 +79,7 @@ impl KeyStore for CountingStore {
     async fn roll_key(
         &self,
         id: &KeyId,
-        successor: &NewKeyRecord,
+        successor: &Successor,
         grace_until: OffsetDateTime,
     ) -> Result<RollOutcome, StoreError> {
         self.metrics.store_query("roll_key");

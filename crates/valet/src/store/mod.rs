@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::key::{KeyId, base62};
-use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
 
 pub use counting::CountingStore;
 pub use postgres::PostgresStore;
@@ -46,6 +46,8 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL: {0}")]
     UnsupportedUrl(String),
+    #[error("no store at {0}: run `valet serve` once to create it, or check --database-url")]
+    Missing(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -56,6 +58,17 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
             sqlx::Error::Database(ref db) if db.is_unique_violation() => Self::IdTaken,
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), in their primary or extended form:
+            // another process held the write lock past the busy timeout.
+            sqlx::Error::Database(ref db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
+            {
+                Self::Unavailable(err)
+            }
             // SQLSTATE class 08 is a connection exception; 57P01 to 57P05 mean the server
             // is shutting down, starting up or unreachable.
             sqlx::Error::Database(ref db)
@@ -198,6 +211,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Returns a short backend name for logs, such as `sqlite`.
     fn backend(&self) -> &'static str;
 
+    /// Closes every connection; pending writes are complete when this returns.
+    async fn close(&self);
+
     /// Checks that the store responds to a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -228,15 +244,16 @@ pub trait KeyStore: Send + Sync + 'static {
         at: OffsetDateTime,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// In one transaction, inserts `successor` and moves the old key's expiry to the earlier
-    /// of its current expiry and `grace_until`, recording the successor's id.
+    /// In one transaction, inserts `successor` with the old key's name, owner, scopes, env
+    /// and metadata, and moves the old key's expiry to the earlier of its current expiry
+    /// and `grace_until`, recording the successor's id.
     ///
     /// Only a key that is neither revoked, expired at `successor.created_at`, nor rolled
     /// already can be rolled. Otherwise nothing changes and the outcome names the reason.
     async fn roll_key(
         &self,
         id: &KeyId,
-        successor: &NewKeyRecord,
+        successor: &Successor,
         grace_until: OffsetDateTime,
     ) -> Result<RollOutcome, StoreError>;
 
@@ -260,10 +277,11 @@ async fn wait_to_reconnect(backoff: &mut Duration, stop: &mut watch::Receiver<bo
     }
 }
 
-/// Opens the store that `url` names and applies its migrations.
-pub async fn connect(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+/// Opens the store that `url` names and applies its migrations. A missing SQLite file is
+/// created only when `create` is set.
+pub async fn connect(url: &str, create: bool) -> Result<Arc<dyn KeyStore>, StoreError> {
     if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteStore::connect(url).await?));
+        return Ok(Arc::new(SqliteStore::connect(url, create).await?));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         return Ok(Arc::new(PostgresStore::connect(url).await?));

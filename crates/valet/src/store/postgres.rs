@@ -19,7 +19,7 @@ use super::{
     RollOutcome, StoreError, redact_url, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyHash, KeyId};
-use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, from_micros};
+use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros};
 
 /// Channel on which the triggers announce key changes.
 const CHANNEL: &str = "valet_key_changes";
@@ -134,6 +134,10 @@ fn parse_notification(payload: &str, schema: &str) -> Option<KeyChange> {
 impl KeyStore for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -255,7 +259,7 @@ impl KeyStore for PostgresStore {
     async fn roll_key(
         &self,
         id: &KeyId,
-        successor: &NewKeyRecord,
+        successor: &Successor,
         grace_until: OffsetDateTime,
     ) -> Result<RollOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -269,24 +273,40 @@ impl KeyStore for PostgresStore {
             return Ok(RollOutcome::NotFound);
         }
 
-        // The successor row goes in first, because the old row's successor_id references it.
-        sqlx::query(INSERT)
-            .bind_all(successor)
-            .execute(&mut *tx)
-            .await?;
-        let updated = sqlx::query(
-            "UPDATE api_keys
-             SET successor_id = $2, expires_at = LEAST(COALESCE(expires_at, $3), $3)
-             WHERE id = $1 AND successor_id IS NULL AND revoked_at IS NULL
-               AND (expires_at IS NULL OR expires_at > $4)",
+        // The successor row goes in first, because the old row's successor_id references
+        // it. It copies the old row, and inserts nothing unless the old key can be rolled.
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys
+                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
+             SELECT $1, $2, name, owner, scopes, env, metadata, $3, $4
+             FROM api_keys
+             WHERE id = $5 AND env = $6 AND successor_id IS NULL AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > $3)",
         )
-        .bind(id.as_str())
         .bind(successor.id.as_str())
-        .bind(grace_until)
+        .bind(successor.hash.as_bytes().as_slice())
         .bind(successor.created_at)
+        .bind(successor.expires_at)
+        .bind(id.as_str())
+        .bind(successor.env.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let updated = if inserted == 1 {
+            sqlx::query(
+                "UPDATE api_keys
+                 SET successor_id = $2, expires_at = LEAST(COALESCE(expires_at, $3), $3)
+                 WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .bind(successor.id.as_str())
+            .bind(grace_until)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
 
         if updated == 1 {
             let previous = Self::fetch_record(&mut *tx, id).await?;

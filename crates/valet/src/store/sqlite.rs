@@ -20,7 +20,9 @@ use super::{
     RollOutcome, StoreError, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyHash, KeyId};
-use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, from_micros, to_micros};
+use crate::model::{
+    KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros, to_micros,
+};
 
 /// How often a server polls `key_changes` for changes made by other processes.
 const POLL_INTERVAL: Duration = std::time::Duration::from_millis(50);
@@ -39,11 +41,29 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens `url` (`sqlite://PATH`), creating the file if missing, and applies migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// Opens `url` (`sqlite://PATH`) and applies migrations. A missing file is created
+    /// only when `create` is set.
+    pub async fn connect(url: &str, create: bool) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|err| StoreError::UnsupportedUrl(format!("invalid SQLite URL: {err}")))?
-            .create_if_missing(true)
+            .map_err(|err| StoreError::UnsupportedUrl(format!("invalid SQLite URL: {err}")))?;
+        let path = options.get_filename().to_path_buf();
+        // Each pooled connection to an in-memory database would see a database of its own.
+        if path.as_os_str().is_empty()
+            || path.as_os_str() == ":memory:"
+            || url.contains("mode=memory")
+        {
+            return Err(StoreError::UnsupportedUrl(
+                "in-memory SQLite is not supported: name a file, such as sqlite://valet.db".into(),
+            ));
+        }
+        if !path.exists() {
+            if !create {
+                return Err(StoreError::Missing(path.display().to_string()));
+            }
+            tracing::warn!(path = %path.display(), "no store at this path; creating a new, empty one");
+        }
+        let options = options
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL syncs the WAL on every commit, so an acknowledged change survives a
             // power cut as well as a crash of the process.
@@ -163,6 +183,12 @@ impl SqliteStore {
 impl KeyStore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn close(&self) {
+        // Closing the last connection checkpoints the WAL into the main file, so a copy of
+        // valet.db alone is complete after a clean stop.
+        self.pool.close().await;
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -287,32 +313,52 @@ impl KeyStore for SqliteStore {
     async fn roll_key(
         &self,
         id: &KeyId,
-        successor: &NewKeyRecord,
+        successor: &Successor,
         grace_until: OffsetDateTime,
     ) -> Result<RollOutcome, StoreError> {
         let now = to_micros(successor.created_at);
         let grace_until = to_micros(grace_until);
 
         // The insert comes first so that the transaction takes SQLite's write lock at its
-        // first statement and never has to upgrade a read snapshot.
+        // first statement and never has to upgrade a read snapshot. It copies the old row,
+        // and inserts nothing unless the old key can be rolled.
         let mut tx = self.pool.begin().await?;
-        insert(&mut *tx, successor).await?;
-        let updated = sqlx::query(
-            "UPDATE api_keys
-             SET successor_id = ?,
-                 expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ?
-                                   THEN expires_at ELSE ? END
-             WHERE id = ? AND successor_id IS NULL AND revoked_at IS NULL
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys
+                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
+             SELECT ?, ?, name, owner, scopes, env, metadata, ?, ?
+             FROM api_keys
+             WHERE id = ? AND env = ? AND successor_id IS NULL AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > ?)",
         )
         .bind(successor.id.as_str())
-        .bind(grace_until)
-        .bind(grace_until)
+        .bind(successor.hash.as_bytes().as_slice())
+        .bind(now)
+        .bind(successor.expires_at.map(to_micros))
         .bind(id.as_str())
+        .bind(successor.env.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let updated = if inserted == 1 {
+            sqlx::query(
+                "UPDATE api_keys
+                 SET successor_id = ?,
+                     expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ?
+                                       THEN expires_at ELSE ? END
+                 WHERE id = ?",
+            )
+            .bind(successor.id.as_str())
+            .bind(grace_until)
+            .bind(grace_until)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
 
         if updated == 1 {
             let previous = Self::fetch_record(&mut *tx, id).await?;

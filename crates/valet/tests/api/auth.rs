@@ -6,6 +6,8 @@ use serde_json::json;
 use crate::helpers::{Backend, assert_problem, on_each_backend, spawn_app};
 
 on_each_backend!(
+    authentication_precedes_input_checks,
+    malformed_bearer_values_are_named,
     missing_credential_is_unauthorized,
     invalid_credentials_are_unauthorized,
     bearer_scheme_is_case_insensitive,
@@ -163,4 +165,57 @@ async fn verify_scope_cannot_manage(backend: Backend) {
         .await
         .unwrap();
     assert_problem(response, 403, "insufficient_scope").await;
+}
+
+async fn authentication_precedes_input_checks(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cases = [
+        (
+            Method::POST,
+            "/v1/keys/verify",
+            Some("application/json"),
+            "{",
+        ),
+        (Method::POST, "/v1/keys", Some("text/plain"), "x"),
+        (Method::GET, "/v1/keys/bad!", None, ""),
+        (
+            Method::PATCH,
+            "/v1/keys/AAAAAAAA",
+            Some("application/json"),
+            "[]",
+        ),
+    ];
+    for (method, path, content_type, body) in cases {
+        let mut request = app.client.request(method.clone(), app.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{method} {path} without a key");
+    }
+}
+
+async fn malformed_bearer_values_are_named(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cases: [(&[u8], &str, &str); 3] = [
+        (b"Bearer ", "invalid_credentials", "no key after"),
+        (b"Bearer vk_live_\xd0\x90", "invalid_token", "not valid"),
+        (b"Bearer vk_live_\xff", "invalid_token", "not UTF-8"),
+    ];
+    for (header, code, words) in cases {
+        let value = reqwest::header::HeaderValue::from_bytes(header).unwrap();
+        let response = app
+            .client
+            .get(app.url("/v1/keys"))
+            .header("authorization", value)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 401, code).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(words),
+            "{header:?}: {detail:?} lacks {words:?}"
+        );
+    }
 }

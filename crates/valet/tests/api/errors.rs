@@ -12,6 +12,9 @@ on_each_backend!(
     list_rejects_bad_query,
     roll_rejects_bad_bodies,
     unknown_route_and_method_are_problems,
+    create_rejects_hostile_values,
+    update_rejects_null_fields,
+    key_like_input_is_never_echoed,
 );
 
 async fn key_count(app: &TestApp) -> u64 {
@@ -232,6 +235,8 @@ async fn list_rejects_bad_query(backend: Backend) {
         ("/v1/keys?cursor=zzzzzzzzzzz", "invalid_cursor"),
         ("/v1/keys?colour=red", "invalid_query"),
         ("/v1/keys?limit=1&limit=2", "invalid_query"),
+        ("/v1/keys?limit=+5", "invalid_limit"),
+        ("/v1/keys?owner=", "invalid_owner"),
     ];
     for (path, code) in cases {
         let response = app.admin(Method::GET, path, None).await;
@@ -281,4 +286,159 @@ async fn unknown_route_and_method_are_problems(backend: Backend) {
     assert_problem(response, 404, "route_not_found").await;
     let response = app.admin(Method::DELETE, "/v1/keys", None).await;
     assert_problem(response, 405, "method_not_allowed").await;
+}
+
+async fn create_rejects_hostile_values(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cases = [
+        (
+            json!(["name", ["admin"]]),
+            422,
+            "invalid_body",
+            "JSON object",
+        ),
+        (
+            json!({"name": "n", "scopes": [], "expires_at": "9999-12-31T23:59:59-00:01"}),
+            422,
+            "invalid_field",
+            "expires_at",
+        ),
+        (
+            json!({"name": "n", "scopes": [], "expires_at": "tomorrow"}),
+            422,
+            "invalid_body",
+            "expires_at",
+        ),
+        (
+            json!({"name": "acme\u{200B}", "scopes": []}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
+            json!({"name": "\u{202E}evil", "scopes": []}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
+            json!({"name": "n", "scopes": [], "owner": "a\u{2028}b"}),
+            422,
+            "invalid_field",
+            "owner",
+        ),
+    ];
+    for (body, status, code, named) in cases {
+        let response = app
+            .admin(Method::POST, "/v1/keys", Some(body.clone()))
+            .await;
+        let problem = assert_problem(response, status, code).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(named),
+            "{body}: detail {detail:?} lacks {named:?}"
+        );
+    }
+    assert_eq!(key_count(&app).await, 1, "no key was created");
+    let listed = app.admin(Method::GET, "/v1/keys", None).await;
+    assert_eq!(listed.status(), 200, "the list still reads every row");
+}
+
+async fn update_rejects_null_fields(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_simple("worker", &["a"]).await;
+    let path = format!("/v1/keys/{}", created["id"].as_str().unwrap());
+    for (field, hint) in [("name", "new name"), ("scopes", "[]"), ("metadata", "{}")] {
+        let response = app
+            .admin(Method::PATCH, &path, Some(json!({ field: null })))
+            .await;
+        let problem = assert_problem(response, 422, "invalid_field").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(field), "detail {detail:?} names {field}");
+        assert!(detail.contains(hint), "detail {detail:?} suggests {hint}");
+    }
+    let cleared = app
+        .admin_json(
+            Method::PATCH,
+            &path,
+            Some(json!({"scopes": [], "metadata": {}})),
+        )
+        .await;
+    assert_eq!(cleared["scopes"], json!([]));
+}
+
+async fn key_like_input_is_never_echoed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_simple("worker", &["a"]).await;
+    let raw = created["key"].as_str().unwrap();
+    let secret = raw.split('_').nth(3).unwrap();
+
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"name": "n", "scopes": [raw]})),
+        )
+        .await;
+    let problem = assert_problem(response, 422, "invalid_field").await;
+    assert!(
+        !problem.to_string().contains(secret),
+        "scope echoed: {problem}"
+    );
+
+    let answer = app.verify(raw, &[raw]).await;
+    assert_eq!(answer["code"], "INSUFFICIENT_SCOPE");
+    assert!(!answer["message"].to_string().contains(secret), "{answer}");
+
+    let response = app
+        .admin(Method::GET, &format!("/v1/keys?{secret}=1"), None)
+        .await;
+    let problem = assert_problem(response, 400, "invalid_query").await;
+    assert!(
+        !problem.to_string().contains(secret),
+        "query echoed: {problem}"
+    );
+
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/keys/verify",
+            Some(json!({"key": raw, secret: 1})),
+        )
+        .await;
+    let problem = assert_problem(response, 422, "invalid_body").await;
+    assert!(
+        !problem.to_string().contains(secret),
+        "field name echoed: {problem}"
+    );
+}
+
+#[tokio::test]
+async fn busy_sqlite_store_is_unavailable() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // Another process holding the write lock past the 5 s busy timeout.
+    let mut locker = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&app.store_url())
+            .await
+            .unwrap()
+    };
+    sqlx::Executor::execute(&mut locker, "BEGIN IMMEDIATE")
+        .await
+        .unwrap();
+
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"name": "n", "scopes": []})),
+        )
+        .await;
+    let retry_after = response.headers().get("retry-after").cloned();
+    assert_problem(response, 503, "store_unavailable").await;
+    assert!(retry_after.is_some(), "503 carries Retry-After");
+
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
 }

@@ -171,7 +171,7 @@ pub struct TestApp {
     pub admin_key: String,
     pub service: Arc<KeyService>,
     /// Keeps the store; it is removed when the app is dropped.
-    _store: TestStore,
+    store: TestStore,
     /// Stops the change feed when dropped.
     _stop: watch::Sender<bool>,
 }
@@ -186,7 +186,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts a server on `url`, which must reach the empty store that `store` keeps alive.
 pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) -> TestApp {
-    let store = store::connect(url).await.expect("open store");
+    let store = store::connect(url, true).await.expect("open store");
     let service = Arc::new(KeyService::with_cache(store, KeyFormat::default(), cache));
     let (stop, stop_rx) = watch::channel(false);
     service.spawn_change_feed(stop_rx);
@@ -216,7 +216,7 @@ pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) 
         client: Client::new(),
         admin_key: admin.raw.expose().to_owned(),
         service,
-        _store: test_store,
+        store: test_store,
         _stop: stop,
     }
 }
@@ -248,6 +248,11 @@ pub fn store_queries(metrics: &str, except: &[&str]) -> u64 {
 }
 
 impl TestApp {
+    /// Returns the `--database-url` of this app's store.
+    pub fn store_url(&self) -> String {
+        self.store.url()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

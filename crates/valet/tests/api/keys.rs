@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, assert_problem, on_each_backend, spawn_app};
 
 on_each_backend!(
+    create_answer_is_not_cacheable,
     create_returns_key_once,
     create_defaults_env_owner_metadata,
     list_paginates_newest_first,
@@ -268,4 +269,27 @@ async fn health_and_readiness_answer(backend: Backend) {
     assert_eq!(health.status(), 200);
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+async fn create_answer_is_not_cacheable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"name": "n", "scopes": []})),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let cache_control = response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(cache_control, "no-store");
+    assert_eq!(
+        location,
+        format!("/v1/keys/{}", created["id"].as_str().unwrap())
+    );
 }

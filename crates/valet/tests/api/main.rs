@@ -13,4 +13,5 @@ mod proxy;
 mod readme;
 mod roll;
 mod secrets;
+mod serving;
 mod verify;

@@ -57,6 +57,26 @@ impl Node<'_> {
         }
     }
 
+    /// Waits until `valet_cache_trusted` is 1, failing after [`PROPAGATION_LIMIT`].
+    async fn wait_until_trusted(&self) {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        while !self.metrics().await.contains("\nvalet_cache_trusted 1\n") {
+            assert!(Instant::now() < deadline, "change feed did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.server.address))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     async fn store_queries(&self) -> u64 {
         let text = self
             .client
@@ -162,7 +182,9 @@ async fn forged_keys_leave_store_queries_unchanged() {
         client: &client,
         admin_key: &keys[0],
     };
-    // The first request caches the admin key that authenticates the rest.
+    // Once the feed is connected, the first request caches the admin key that
+    // authenticates the rest.
+    node.wait_until_trusted().await;
     node.verify("warm-up").await;
 
     let format = valet::key::KeyFormat::default();

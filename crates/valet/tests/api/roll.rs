@@ -8,6 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::helpers::{Backend, assert_problem, on_each_backend, spawn_app};
 
 on_each_backend!(
+    roll_copies_fields_committed_before_it,
     roll_keeps_both_keys_valid,
     roll_default_grace_is_one_day,
     roll_keeps_earlier_expiry,
@@ -248,4 +249,38 @@ async fn roll_rejects_grace_out_of_range(backend: Backend) {
         )
         .await;
     assert_eq!(max.status(), 201, "seven days is allowed");
+}
+
+async fn roll_copies_fields_committed_before_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..20 {
+        let old = app
+            .create_simple(&format!("round {round}"), &["admin", "orders:read"])
+            .await;
+        let id = old["id"].as_str().unwrap();
+        let patch = app
+            .client
+            .patch(app.url(&format!("/v1/keys/{id}")))
+            .bearer_auth(&app.admin_key)
+            .json(&json!({"scopes": ["orders:read"]}))
+            .send();
+        let roll = app
+            .client
+            .post(app.url(&format!("/v1/keys/{id}/roll")))
+            .bearer_auth(&app.admin_key)
+            .send();
+        let (patched, rolled) = tokio::join!(patch, roll);
+        let patched: Value = patched.unwrap().json().await.unwrap();
+        let rolled: Value = rolled.unwrap().json().await.unwrap();
+
+        // A patch that committed before the roll shows no successor yet, and the roll
+        // must then have copied the patched scopes.
+        if patched["successor_id"].is_null() {
+            assert_eq!(
+                rolled["scopes"],
+                json!(["orders:read"]),
+                "round {round}: the successor lost the update"
+            );
+        }
+    }
 }
