@@ -75,7 +75,7 @@ async fn run(
         let raw = created["key"].as_str().context("create returned no key")?;
         let id = created["id"].as_str().context("create returned no id")?;
 
-        // Wait until B knows the key and has it cached.
+        // Wait until B accepts the key and has it cached.
         let deadline = Instant::now() + GIVE_UP;
         loop {
             let answer: Value = post(&node_b.address, "/v1/keys/verify", json!({"key": raw}))

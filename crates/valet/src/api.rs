@@ -1,6 +1,6 @@
 //! The JSON objects of the public interface, shared by the HTTP API and `--json` CLI output.
 //!
-//! Domain types convert into these in one place, so a field cannot leak into an answer by
+//! Domain types convert into these in one place, so a field cannot leak into a response by
 //! accident. Only [`CreatedKeyObject`] carries a raw key.
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -50,7 +50,7 @@ impl From<KeyRecord> for KeyObject {
     }
 }
 
-/// A key object plus its raw key, in the one answer that creates it.
+/// A key object plus its raw key, in the one response that creates it.
 #[derive(Debug, Serialize)]
 pub struct CreatedKeyObject {
     #[serde(flatten)]
@@ -72,7 +72,7 @@ fn serialize_raw_key<S: Serializer>(key: &RawKey, serializer: S) -> Result<S::Ok
     serializer.serialize_str(key.expose())
 }
 
-/// The answer to a roll: the new key with its raw form, and the old key as `previous`.
+/// The response to a roll: the new key with its raw form, and the old key as `previous`.
 #[derive(Debug, Serialize)]
 pub struct RolledKeyObject {
     #[serde(flatten)]
@@ -105,7 +105,7 @@ impl From<KeyPage> for KeyListObject {
     }
 }
 
-/// The answer to a verification.
+/// The response to a verification.
 #[derive(Debug, Serialize)]
 pub struct VerifyObject {
     pub valid: bool,

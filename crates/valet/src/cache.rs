@@ -1,7 +1,7 @@
 //! The verification cache and the filter of issued ids, kept true by the store's change
 //! feed.
 //!
-//! The cache may answer only while the feed is connected ("trusted"). When the feed is
+//! The cache may serve verifications only while the feed is connected ("trusted"). When the feed is
 //! lost, every lookup goes to the store until the feed has reconnected and resynchronised,
 //! because changes made meanwhile on other nodes were missed.
 
@@ -15,12 +15,12 @@ use crate::metrics::Metrics;
 use crate::model::StoredKey;
 use crate::store::{ChangeKind, ChangeSink, KeyChange};
 
-/// Where a verification should get its key from.
+/// Source of the key for one verification.
 #[derive(Debug)]
 pub enum Lookup {
     /// The key, from memory.
     Hit(Arc<StoredKey>),
-    /// No key with this id was ever issued: answer `NOT_FOUND` without a query.
+    /// No key with this id was ever issued: return `NOT_FOUND` without a query.
     NeverIssued,
     /// Load the key from the store, then offer it back with [`KeyCache::insert`] and this
     /// epoch.
@@ -45,7 +45,7 @@ fn id_value(id: &KeyId) -> u64 {
 }
 
 impl KeyCache {
-    /// Creates an empty, untrusted cache that holds at most `capacity` keys.
+    /// Creates an empty, untrusted cache with room for at most `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
@@ -57,7 +57,7 @@ impl KeyCache {
         }
     }
 
-    /// Returns whether the cache may answer.
+    /// Returns whether the cache may serve verifications.
     pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
@@ -101,7 +101,7 @@ impl KeyCache {
     }
 
     /// Returns a cached key while the cache has been untrusted for at most `window`, for
-    /// serving stale answers when the store is unreachable.
+    /// serving stale results when the store is unreachable.
     pub fn stale(&self, id: &KeyId, window: Duration) -> Option<Arc<StoredKey>> {
         if window.is_zero() {
             return None;
@@ -139,7 +139,7 @@ impl KeyCache {
         self.trusted.store(true, Ordering::Release);
     }
 
-    /// Stops answering from memory until the next [`KeyCache::resync`]. Entries stay for
+    /// Stops serving from memory until the next [`KeyCache::resync`]. Entries stay for
     /// [`KeyCache::stale`].
     pub fn distrust(&self) {
         let mut since = self.untrusted_since.lock().expect("cache lock");

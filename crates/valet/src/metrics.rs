@@ -184,7 +184,7 @@ impl Metrics {
         self.notification_lag.observe(seconds.max(0.0));
     }
 
-    /// Records whether the cache may answer.
+    /// Records whether the cache may serve verifications.
     pub fn set_cache_trusted(&self, trusted: bool) {
         self.cache_trusted.set(i64::from(trusted));
     }

@@ -193,7 +193,7 @@ impl KeyService {
     }
 
     /// Follows the store's change feed in a background task until `stop` changes, so the
-    /// cache can answer verifications.
+    /// cache can serve verifications.
     pub fn spawn_change_feed(
         &self,
         stop: tokio::sync::watch::Receiver<bool>,

@@ -55,7 +55,7 @@ pub struct CreateArgs {
     /// Environment: live or test.
     #[arg(long, default_value = "live")]
     env: KeyEnv,
-    /// Your own id for the customer or service that holds the key.
+    /// Your own id for the customer or service that uses the key.
     #[arg(long)]
     owner: Option<String>,
     /// JSON object to attach, for example '{"team":"billing"}'.

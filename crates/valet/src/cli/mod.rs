@@ -91,8 +91,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result
         }
         Command::Keys(command) => {
-            // Only `keys create` may start a new store, for bootstrap without the server;
-            // the other commands on a mistyped path fail instead of showing an empty store.
+            // Only `keys create` may start a new store, for bootstrap without the server.
+            // The other commands fail on a mistyped path instead of showing an empty store.
             let create = matches!(command, keys::KeysCommand::Create(_));
             let service =
                 open_service(&database_url, create, format, CacheConfig::default()).await?;

@@ -1,6 +1,6 @@
 //! The HTTP API: routes, shared state, request logging and graceful shutdown.
 //!
-//! This module alone knows HTTP. Handlers parse input into domain types, call
+//! This module alone deals with HTTP. Handlers parse input into domain types, call
 //! [`KeyService`], and turn the result into JSON or problem details.
 
 mod auth;
@@ -70,17 +70,17 @@ pub async fn serve(
     server::serve_router(listener, router(state), shutdown).await;
 }
 
-/// Liveness: answers while the process serves, without touching the store.
+/// Liveness: returns 200 while the process serves, without touching the store.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: answers 200 only when the store answers a query.
+/// Readiness: returns 200 only when the store responds to a query.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.service.store().ping().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(err) => {
-            tracing::warn!(error = %err, "readiness check failed: store not answering");
+            tracing::warn!(error = %err, "readiness check failed: store not responding");
             ApiError::store_unavailable().into_response()
         }
     }
@@ -132,7 +132,7 @@ async fn log_request(State(state): State<AppState>, request: Request, next: Next
     let started = Instant::now();
     async move {
         let mut response = next.run(request).await;
-        // Answers of this API describe keys and are never to be cached by any proxy.
+        // Responses of this API describe keys and must never be cached by a proxy.
         response
             .headers_mut()
             .entry(axum::http::header::CACHE_CONTROL)

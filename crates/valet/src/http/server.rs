@@ -1,10 +1,14 @@
 //! The HTTP/1.1 connection loop: accepting, per-connection timeouts and graceful shutdown
 //! with a drain deadline.
 //!
-//! `axum::serve` sets no timer on hyper, so a client that never finishes its request can hold
-//! a connection, and a graceful shutdown, open forever. This loop drives hyper's HTTP/1.1
-//! connections itself, with a header read timeout, a timeout on the whole request and a
-//! deadline after which shutdown closes the connections that remain.
+//! `axum::serve` (axum 0.8) sets no timer on hyper, so a client that never finishes its
+//! request can hold a connection, and a graceful shutdown, open forever. This loop drives
+//! hyper's HTTP/1.1 connections itself, with a header read timeout, a timeout on the whole
+//! request and a deadline after which shutdown closes the connections that remain.
+//!
+//! NOTE: no timeout covers writing a response. A client that stops reading while the
+//! socket buffers are full keeps its connection until it reads again, or until the drain
+//! deadline at shutdown. A write timeout on the socket would close that gap.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,13 +35,18 @@ use super::ApiError;
 /// connection waits for them: on connect and again after each response on a keep-alive
 /// connection.
 ///
-/// Hyper 1 has no separate idle timeout for HTTP/1.1, so this also closes a keep-alive
-/// connection that sends no next request within this time.
+/// Hyper 1.13 has no separate idle timeout for HTTP/1.1, but its header read timer also
+/// runs while a keep-alive connection waits for its next request. So this timeout closes
+/// idle connections too.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Maximum time from the end of a request's headers until its response is ready. It covers
-/// reading the body and the handler's work; a request that exceeds it gets a 408 problem
-/// with code `request_timeout`, and the connection is closed.
+/// the handler's work and reading the body, because handlers read the body before they
+/// respond. A request that exceeds it gets a 408 problem with code `request_timeout`, and
+/// the connection is closed.
+///
+/// A handler that responds without reading the body leaves no way to trickle it, because
+/// hyper then closes the connection after the response instead of draining the body.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Maximum time that in-flight requests get to finish after the shutdown signal. The
@@ -98,8 +107,8 @@ pub async fn serve_router(
         }
     }
 
-    // Closing the listening socket first makes new connections fail at once, so that a
-    // load balancer moves them elsewhere while the open ones drain.
+    // Closing the listening socket first makes new connections fail at once, so clients
+    // and load balancers can try another server while the open connections drain.
     drop(listener);
     let _ = drain_tx.send(true);
     drain(connections).await;
@@ -162,8 +171,8 @@ async fn serve_connection(
         // The value changes only once, to true. An error means that the sender is gone,
         // which happens only after the drain, so ending the connection is right either way.
         _ = draining.changed() => {
-            // Hyper closes an idle connection at once, and a busy one after its current
-            // response.
+            // Hyper closes an idle connection at once. A connection in the middle of a
+            // request ends after that request's response, or earlier through a timeout.
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -214,7 +223,7 @@ fn request_timeout(limit: Duration) -> Response {
     );
     let mut response =
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", detail).into_response();
-    // RFC 7231, section 6.5.7: a server that answers 408 should send the `close` connection
+    // RFC 7231, section 6.5.7: a server that sends 408 should send the `close` connection
     // option, because it has decided to close the connection rather than keep waiting. Here
     // part of the body may still be unread, so the connection cannot carry another request.
     response
@@ -234,8 +243,8 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// Logs a connection task that panicked. Hyper turns a panic in a handler into a panic of
-/// the task, which ends only that connection.
+/// Logs a connection task that panicked. A panic in a handler unwinds through hyper into
+/// the connection task, so it ends only that connection.
 fn report_panic(finished: Result<(), JoinError>) {
     if let Err(err) = finished
         && err.is_panic()

@@ -1,6 +1,6 @@
 //! The API key format: `<prefix>_<env>_<id>_<secret>_<checksum>`.
 //!
-//! This module alone knows how a key is laid out. It generates keys from the operating
+//! This module alone defines how a key is laid out. It generates keys from the operating
 //! system's CSPRNG, parses untrusted strings without touching the store, and hashes a key
 //! for storage. Nothing here does I/O.
 
@@ -22,7 +22,7 @@ pub const ID_LEN: usize = 8;
 pub const SECRET_LEN: usize = 43;
 /// Number of base62 characters in the checksum; 62^6 > 2^32, so any CRC-32 fits.
 pub const CHECKSUM_LEN: usize = 6;
-/// Longest key string any valid prefix allows; longer input is rejected before splitting.
+/// Maximum length of a key string with any valid prefix; longer input is rejected before splitting.
 pub const MAX_KEY_LEN: usize = 10 + 1 + 4 + 1 + ID_LEN + 1 + SECRET_LEN + 1 + CHECKSUM_LEN;
 
 /// The product tag that starts every key, such as `vk`: `[a-z][a-z0-9]{1,9}`.
@@ -224,7 +224,7 @@ impl fmt::Debug for ParsedKey<'_> {
     }
 }
 
-/// Why a string is not a valid key for this server. Messages name the part that is wrong
+/// Reason a string is not a valid key for this server. Messages name the part that is wrong
 /// and never repeat the input, because it may hold a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFormatError {

@@ -1,4 +1,4 @@
-//! The raw key string, held only between generation and the one answer that shows it.
+//! The raw key string, held only between generation and the one response that shows it.
 
 use std::fmt;
 
@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 /// A whole key string, secret included.
 ///
 /// `Debug` prints `[REDACTED]` and the memory is zeroed on drop. The only way to read the
-/// text is [`RawKey::expose`], which the create and roll answers call once.
+/// text is [`RawKey::expose`], which the create and roll responses call once.
 pub struct RawKey(SecretString);
 
 impl RawKey {
@@ -16,7 +16,7 @@ impl RawKey {
         Self(SecretString::from(value))
     }
 
-    /// Returns the key text, for the single answer that hands it to its holder.
+    /// Returns the key text, for the single response that hands it to its holder.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }

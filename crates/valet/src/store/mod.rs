@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::key::{KeyId, base62};
+use crate::key::{KeyHash, KeyId, base62};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
 
 pub use counting::CountingStore;
@@ -24,7 +24,7 @@ pub use sqlite::SqliteStore;
 /// First wait before reconnecting a lost change feed; it doubles up to
 /// [`MAX_FEED_BACKOFF`].
 const FIRST_FEED_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between attempts to reconnect a lost change feed.
+/// Maximum wait between attempts to reconnect a lost change feed.
 const MAX_FEED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Failure of a store operation.
@@ -276,6 +276,78 @@ async fn wait_to_reconnect(backoff: &mut Duration, stop: &mut watch::Receiver<bo
         _ = stop.changed() => false,
     }
 }
+
+/// Starts the list query that both backends share: the filters of `query`, newest first,
+/// and one row more than a page, which shows whether another page follows.
+fn list_query<DB>(query: &ListQuery) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments: Default,
+    for<'args> String: sqlx::Encode<'args, DB> + sqlx::Type<DB>,
+    for<'args> i64: sqlx::Encode<'args, DB> + sqlx::Type<DB>,
+{
+    let mut builder =
+        sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM api_keys WHERE 1 = 1"));
+    if let Some(owner) = &query.owner {
+        builder.push(" AND owner = ").push_bind(owner.clone());
+    }
+    if let Some(after) = query.after {
+        builder.push(" AND seq < ").push_bind(after.seq());
+    }
+    builder
+        .push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(i64::from(query.limit) + 1);
+    builder
+}
+
+/// Turns the rows of [`list_query`] into a page, reading each with `read`.
+fn page_from_rows<R>(
+    rows: &[R],
+    limit: u32,
+    read: impl Fn(&R) -> Result<KeyRecord, StoreError>,
+) -> Result<KeyPage, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let more = rows.len() > limit as usize;
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut last_seq = None;
+    for row in rows.iter().take(limit as usize) {
+        keys.push(read(row)?);
+        last_seq = Some(row.try_get::<i64, _>("seq")?);
+    }
+    let next_cursor = if more {
+        last_seq.map(Cursor::new)
+    } else {
+        None
+    };
+    Ok(KeyPage { keys, next_cursor })
+}
+
+/// Reads a key and its hash from a row of [`COLUMNS`], reading the key with `read`.
+fn stored_key_from_row<R>(
+    row: &R,
+    read: impl Fn(&R) -> Result<KeyRecord, StoreError>,
+) -> Result<StoredKey, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let record = read(row)?;
+    let hash_bytes: Vec<u8> = row.try_get("key_hash")?;
+    let hash = KeyHash::from_slice(&hash_bytes).ok_or_else(|| StoreError::Corrupt {
+        id: record.id.to_string(),
+        reason: "key_hash is not 32 bytes".into(),
+    })?;
+    Ok(StoredKey { record, hash })
+}
+
+/// Columns of `api_keys` that every read selects, in both backends.
+const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
+                       expires_at, revoked_at, last_used_at, successor_id";
 
 /// Opens the store that `url` names and applies its migrations. A missing SQLite file is
 /// created only when `create` is set.

@@ -10,22 +10,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, Row};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
-    RollOutcome, StoreError, redact_url, wait_to_reconnect,
+    COLUMNS, ChangeKind, ChangeSink, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
+    RollOutcome, StoreError, list_query, page_from_rows, redact_url, stored_key_from_row,
+    wait_to_reconnect,
 };
-use crate::key::{KeyEnv, KeyHash, KeyId};
+use crate::key::{KeyEnv, KeyId};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros};
 
 /// Channel on which the triggers announce key changes.
 const CHANNEL: &str = "valet_key_changes";
-
-const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
-                       expires_at, revoked_at, last_used_at, successor_id";
 
 /// A key store in a PostgreSQL database, shared by any number of nodes.
 #[derive(Clone, Debug)]
@@ -72,7 +70,7 @@ impl PostgresStore {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        // A lost connection must surface here, so that the cache stops answering, rather
+        // A lost connection must surface here, so that the cache stops serving verifications, rather
         // than be reconnected quietly inside sqlx with notifications missed.
         listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
@@ -167,46 +165,16 @@ impl KeyStore for PostgresStore {
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let hash_bytes: Vec<u8> = row.try_get("key_hash")?;
-        let hash = KeyHash::from_slice(&hash_bytes)
-            .ok_or_else(|| corrupt(id.as_str(), "key_hash is not 32 bytes"))?;
-        Ok(Some(StoredKey {
-            record: read_record(&row)?,
-            hash,
-        }))
+        row.map(|row| stored_key_from_row(&row, read_record))
+            .transpose()
     }
 
     async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError> {
-        let mut builder: QueryBuilder<Postgres> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM api_keys WHERE TRUE"));
-        if let Some(owner) = &query.owner {
-            builder.push(" AND owner = ").push_bind(owner.clone());
-        }
-        if let Some(after) = query.after {
-            builder.push(" AND seq < ").push_bind(after.seq());
-        }
-        // One extra row shows whether another page follows.
-        builder
-            .push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1);
-        let rows = builder.build().fetch_all(&self.pool).await?;
-
-        let more = rows.len() > query.limit as usize;
-        let mut keys = Vec::with_capacity(rows.len());
-        let mut last_seq = None;
-        for row in rows.iter().take(query.limit as usize) {
-            keys.push(read_record(row)?);
-            last_seq = Some(row.try_get::<i64, _>("seq")?);
-        }
-        let next_cursor = if more {
-            last_seq.map(Cursor::new)
-        } else {
-            None
-        };
-        Ok(KeyPage { keys, next_cursor })
+        let rows = list_query::<Postgres>(query)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        page_from_rows(&rows, query.limit, read_record)
     }
 
     async fn update_key(

@@ -8,7 +8,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Row, Sqlite};
 use time::OffsetDateTime;
 
 use std::sync::Arc;
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
-    RollOutcome, StoreError, wait_to_reconnect,
+    COLUMNS, ChangeKind, ChangeSink, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
+    RollOutcome, StoreError, list_query, page_from_rows, stored_key_from_row, wait_to_reconnect,
 };
-use crate::key::{KeyEnv, KeyHash, KeyId};
+use crate::key::{KeyEnv, KeyId};
 use crate::model::{
     KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros, to_micros,
 };
@@ -30,9 +30,6 @@ const POLL_INTERVAL: Duration = std::time::Duration::from_millis(50);
 const CHANGE_RETENTION: time::Duration = time::Duration::hours(1);
 /// How often old rows are pruned from `key_changes`.
 const PRUNE_INTERVAL: Duration = std::time::Duration::from_secs(60);
-
-const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
-                       expires_at, revoked_at, last_used_at, successor_id";
 
 /// A key store in one SQLite file, in WAL mode.
 #[derive(Clone, Debug)]
@@ -216,46 +213,16 @@ impl KeyStore for SqliteStore {
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let hash_bytes: Vec<u8> = row.try_get("key_hash")?;
-        let hash = KeyHash::from_slice(&hash_bytes)
-            .ok_or_else(|| corrupt(id.as_str(), "key_hash is not 32 bytes"))?;
-        Ok(Some(StoredKey {
-            record: read_record(&row)?,
-            hash,
-        }))
+        row.map(|row| stored_key_from_row(&row, read_record))
+            .transpose()
     }
 
     async fn list_keys(&self, query: &ListQuery) -> Result<KeyPage, StoreError> {
-        let mut builder: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM api_keys WHERE 1 = 1"));
-        if let Some(owner) = &query.owner {
-            builder.push(" AND owner = ").push_bind(owner.clone());
-        }
-        if let Some(after) = query.after {
-            builder.push(" AND seq < ").push_bind(after.seq());
-        }
-        // One extra row shows whether another page follows.
-        builder
-            .push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1);
-        let rows = builder.build().fetch_all(&self.pool).await?;
-
-        let more = rows.len() > query.limit as usize;
-        let mut keys = Vec::with_capacity(rows.len());
-        let mut last_seq = None;
-        for row in rows.iter().take(query.limit as usize) {
-            keys.push(read_record(row)?);
-            last_seq = Some(row.try_get::<i64, _>("seq")?);
-        }
-        let next_cursor = if more {
-            last_seq.map(Cursor::new)
-        } else {
-            None
-        };
-        Ok(KeyPage { keys, next_cursor })
+        let rows = list_query::<Sqlite>(query)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        page_from_rows(&rows, query.limit, read_record)
     }
 
     async fn update_key(

@@ -1,5 +1,5 @@
 //! The verification cache: forged ids cost no store query, and a lost store or change feed
-//! never lets a cached key answer beyond the stale-if-error window.
+//! never lets a cached key verify beyond the stale-if-error window.
 
 use std::time::Duration;
 
@@ -98,6 +98,19 @@ async fn verify_status(app: &crate::helpers::TestApp, key: &str) -> (u16, Option
     (status, retry_after, body)
 }
 
+/// Cuts the proxy and waits until the app has noticed the lost feed.
+async fn cut_and_wait_for_distrust(app: &crate::helpers::TestApp, proxy: &TcpProxy) {
+    proxy.cut();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.service.cache().is_trusted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "feed loss noticed within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn store_outage_fails_closed_then_recovers() {
     if !postgres_available("store_outage_fails_closed_then_recovers") {
@@ -108,17 +121,9 @@ async fn store_outage_fails_closed_then_recovers() {
     let raw = created["key"].as_str().unwrap();
     assert_eq!(app.verify(raw, &[]).await["code"], "VALID");
 
-    proxy.cut();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.service.cache().is_trusted() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "feed loss noticed within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cut_and_wait_for_distrust(&app, &proxy).await;
 
-    // The admin key itself cannot be checked either, so the answer is a 503 problem.
+    // The admin key itself cannot be checked either, so the response is a 503 problem.
     let response = app
         .admin(Method::POST, "/v1/keys/verify", Some(json!({ "key": raw })))
         .await;
@@ -149,15 +154,7 @@ async fn stale_if_error_serves_cached_keys() {
     let raw = created["key"].as_str().unwrap();
     assert_eq!(app.verify(raw, &[]).await["code"], "VALID");
 
-    proxy.cut();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.service.cache().is_trusted() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "feed loss noticed within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cut_and_wait_for_distrust(&app, &proxy).await;
 
     let (status, _, body) = verify_status(&app, raw).await;
     assert_eq!(

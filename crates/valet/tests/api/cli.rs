@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, KEY_FIELDS, spawn_app};
 use crate::process::{
     Server, Store, assemble_key, assert_success, find_keys, secret_of, stderr_of, stdout_of,
     with_wrong_secret,
@@ -21,21 +21,6 @@ const EXIT_FAILURE: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 /// Exit code of `keys verify` for a key that is not valid.
 const EXIT_KEY_INVALID: i32 = 3;
-/// Fields of a key object, in the HTTP API and in `--json` output alike.
-const KEY_FIELDS: [&str; 11] = [
-    "id",
-    "name",
-    "owner",
-    "scopes",
-    "env",
-    "metadata",
-    "created_at",
-    "expires_at",
-    "revoked_at",
-    "last_used_at",
-    "successor_id",
-];
-
 fn field_names(object: &Value) -> BTreeSet<String> {
     object
         .as_object()

@@ -19,6 +19,21 @@ use valet::model::{KeyName, Metadata, Scopes};
 use valet::service::{CacheConfig, KeyService, NewKey};
 use valet::store;
 
+/// Fields of a key object, in the HTTP API and in `--json` output alike.
+pub const KEY_FIELDS: [&str; 11] = [
+    "id",
+    "name",
+    "owner",
+    "scopes",
+    "env",
+    "metadata",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+    "successor_id",
+];
+
 /// Store backend a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_problem, on_each_backend, spawn_app};
+use crate::helpers::{Backend, KEY_FIELDS, assert_problem, on_each_backend, spawn_app};
 
 on_each_backend!(
     create_answer_is_not_cacheable,
@@ -20,20 +20,6 @@ on_each_backend!(
     malformed_id_is_bad_request,
     health_and_readiness_answer,
 );
-
-const KEY_FIELDS: [&str; 11] = [
-    "id",
-    "name",
-    "owner",
-    "scopes",
-    "env",
-    "metadata",
-    "created_at",
-    "expires_at",
-    "revoked_at",
-    "last_used_at",
-    "successor_id",
-];
 
 fn assert_key_object(object: &Value) {
     for field in KEY_FIELDS {

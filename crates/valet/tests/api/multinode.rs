@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::helpers::{postgres_available, store_queries};
 use crate::process::{Server, Store, find_keys};
 
-/// Longest time a change may take to reach the other node in these tests; the benchmark
+/// Maximum time a change may take to reach the other node in these tests; the benchmark
 /// measures the real figure.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(2);
 
@@ -134,7 +134,7 @@ async fn two_nodes_share_changes() {
     a.post(&format!("/v1/keys/{id}/revoke"), json!({})).await;
     b.wait_for_code(raw, "REVOKED").await;
 
-    // Roll on B: A sees the new key and the old key's grace expiry.
+    // Roll on B: A accepts the new key and reports and the old key's grace expiry.
     let old = a
         .post("/v1/keys", json!({"name": "partner", "scopes": []}))
         .await;

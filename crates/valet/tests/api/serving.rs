@@ -176,7 +176,7 @@ async fn keep_alive_serves_sequential_and_pipelined_requests() {
         );
     }
 
-    // Both requests leave in one write; HTTP/1.1 answers them in order.
+    // Both requests leave in one write, and the server must return the responses in order.
     let pipelined = [HEALTHZ, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
     stream.get_mut().write_all(&pipelined).await.expect("send");
     let found = read_response(&mut stream).await;
@@ -388,7 +388,10 @@ impl ServeProcess {
         let deadline = Instant::now() + START_LIMIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll valet serve") {
-                panic!("valet serve exited with {status}; stderr:\n{}", self.stderr());
+                panic!(
+                    "valet serve exited with {status}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             let healthy = client
                 .get(&url)
