@@ -42,6 +42,8 @@ pub enum StoreError {
     /// Any other database error.
     #[error("store query failed: {0}")]
     Query(#[source] sqlx::Error),
+    #[error("could not take the migration lock beside the store file {0}")]
+    MigrationLock(String),
     #[error("store migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL: {0}")]

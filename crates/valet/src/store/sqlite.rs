@@ -72,7 +72,25 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // SQLite has no advisory lock, so processes that open a new file at the same moment
+        // (a server and a CLI command, say) take turns through a lock file beside it.
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".migrate-lock");
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|err| StoreError::MigrationLock(err.to_string()))?
+        .map_err(|err| StoreError::MigrationLock(format!("{}: {err}", path.display())))?;
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
+        drop(lock);
+        migrated?;
         Ok(Self { pool })
     }
 

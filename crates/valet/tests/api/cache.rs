@@ -14,7 +14,12 @@ use crate::helpers::{
 };
 use crate::proxy::TcpProxy;
 
-on_each_backend!(forged_keys_cost_no_store_query, revoke_reaches_cached_key);
+on_each_backend!(
+    forged_keys_cost_no_store_query,
+    revoke_reaches_cached_key,
+    metrics_cover_requests_and_cache,
+    concurrent_starts_migrate_once,
+);
 
 /// Operations that run on a timer, whatever the requests: the SQLite change poller and
 /// the batched `last_used_at` write.
@@ -170,4 +175,67 @@ async fn stale_if_error_serves_cached_keys() {
     assert_eq!(status, 503, "an uncached key fails closed");
     assert!(retry_after.is_some(), "503 carries Retry-After");
     proxy.restore();
+}
+
+async fn metrics_cover_requests_and_cache(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_simple("worker", &[]).await;
+    let raw = created["key"].as_str().unwrap();
+    app.verify(raw, &[]).await;
+    app.verify(raw, &[]).await;
+    app.verify("not a key", &[]).await;
+    let path = format!("/v1/keys/{}/revoke", created["id"].as_str().unwrap());
+    app.admin(Method::POST, &path, None).await;
+    // The revoke reaches the feed, which records its lag.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for expected in [
+        "valet_build_info{version=\"",
+        "valet_http_requests_total{route=\"/v1/keys/verify\",status=\"200\"}",
+        "valet_http_requests_total{route=\"/v1/keys/{id}/revoke\",status=\"200\"}",
+        "valet_verifications_total{code=\"VALID\"}",
+        "valet_verifications_total{code=\"MALFORMED\"} 1",
+        "valet_store_queries_total{operation=\"find_key\"}",
+        "valet_cache_hits_total",
+        "valet_cache_misses_total",
+        "valet_id_filter_rejections_total",
+        "valet_notification_lag_seconds_count",
+        "valet_cache_trusted 1",
+    ] {
+        assert!(text.contains(expected), "metrics lack {expected}:\n{text}");
+    }
+    let lag_count = text
+        .lines()
+        .find_map(|line| line.strip_prefix("valet_notification_lag_seconds_count "))
+        .and_then(|count| count.trim().parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(lag_count > 0, "feed changes record their lag");
+    assert!(
+        !text.contains(created["id"].as_str().unwrap()),
+        "a key id leaked into labels"
+    );
+    assert!(
+        !text.contains(&raw[..20]),
+        "key material leaked into metrics"
+    );
+}
+
+async fn concurrent_starts_migrate_once(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    let url = store.url();
+    let starts = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { valet::store::connect(&url, true).await })
+    });
+    for start in starts.collect::<Vec<_>>() {
+        let connected = start.await.unwrap();
+        assert!(
+            connected.is_ok(),
+            "a concurrent start failed: {:?}",
+            connected.err()
+        );
+    }
 }
