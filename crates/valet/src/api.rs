@@ -30,6 +30,8 @@ pub struct KeyObject {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
     pub successor_id: Option<String>,
+    /// The OAuth client this key is a secret of, if any.
+    pub client_id: Option<String>,
 }
 
 impl From<KeyRecord> for KeyObject {
@@ -46,6 +48,7 @@ impl From<KeyRecord> for KeyObject {
             revoked_at: record.revoked_at,
             last_used_at: record.last_used_at,
             successor_id: record.successor_id.map(|id| id.to_string()),
+            client_id: record.client_id,
         }
     }
 }

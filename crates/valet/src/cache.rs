@@ -220,6 +220,7 @@ mod tests {
                 revoked_at: None,
                 last_used_at: None,
                 successor_id: None,
+                client_id: None,
             },
             hash: KeyHash::of("x"),
         }

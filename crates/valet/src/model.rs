@@ -225,6 +225,8 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     pub last_used_at: Option<OffsetDateTime>,
     pub successor_id: Option<KeyId>,
+    /// The OAuth client this key is a secret of, if any.
+    pub client_id: Option<String>,
 }
 
 impl KeyRecord {
@@ -260,6 +262,7 @@ pub struct NewKeyRecord {
     pub metadata: Metadata,
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
+    pub client_id: Option<String>,
 }
 
 /// The new key of a roll. Its name, owner, scopes and metadata are copied from the old

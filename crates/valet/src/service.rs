@@ -97,6 +97,8 @@ pub struct NewKey {
     pub env: KeyEnv,
     pub metadata: Metadata,
     pub expires_at: Option<OffsetDateTime>,
+    /// The OAuth client whose secret this key is, if any.
+    pub client_id: Option<String>,
 }
 
 /// A key just created, the only value that ever contains its raw form.
@@ -278,6 +280,7 @@ impl KeyService {
             metadata: new.metadata.clone(),
             created_at: now,
             expires_at: new.expires_at,
+            client_id: new.client_id.clone(),
         };
         Ok((record, raw))
     }
@@ -533,6 +536,7 @@ impl KeyService {
             env: KeyEnv::Live,
             metadata: Metadata::default(),
             expires_at: None,
+            client_id: None,
         };
         let created = self.create(new).await?;
         tracing::info!(key_id = %created.record.id, "created bootstrap admin key on empty store");

@@ -191,6 +191,7 @@ pub async fn run(service: &KeyService, command: KeysCommand) -> anyhow::Result<E
                     .transpose()?
                     .unwrap_or_default(),
                 expires_at: args.expires_at,
+                client_id: None,
             };
             let created = CreatedKeyObject::from(service.create(new).await?);
             if args.output.json {

@@ -66,6 +66,7 @@ pub async fn create(
         )
         .map_err(invalid)?,
         expires_at: body.expires_at,
+        client_id: None,
     };
     let created = state.service.create(new).await?;
     let location = format!("/v1/keys/{}", created.record.id);

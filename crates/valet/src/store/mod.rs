@@ -349,7 +349,7 @@ where
 
 /// Columns of `api_keys` that every read selects, in both backends.
 const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \
-                       expires_at, revoked_at, last_used_at, successor_id";
+                       expires_at, revoked_at, last_used_at, successor_id, client_id";
 
 /// Opens the store that `url` names and applies its migrations. A missing SQLite file is
 /// created only when `create` is set.

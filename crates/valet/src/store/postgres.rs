@@ -245,8 +245,9 @@ impl KeyStore for PostgresStore {
         // it. It copies the old row, and inserts nothing unless the old key can be rolled.
         let inserted = sqlx::query(
             "INSERT INTO api_keys
-                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
-             SELECT $1, $2, name, owner, scopes, env, metadata, $3, $4
+                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at,
+                  client_id)
+             SELECT $1, $2, name, owner, scopes, env, metadata, $3, $4, client_id
              FROM api_keys
              WHERE id = $5 AND env = $6 AND successor_id IS NULL AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > $3)",
@@ -333,10 +334,10 @@ impl KeyStore for PostgresStore {
 }
 
 const INSERT: &str = "INSERT INTO api_keys
-    (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at, client_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// Binds the nine columns of [`INSERT`] from a new key.
+/// Binds the ten columns of [`INSERT`] from a new key.
 trait BindInsert<'q> {
     fn bind_all(self, key: &'q NewKeyRecord) -> Self;
 }
@@ -352,6 +353,7 @@ impl<'q> BindInsert<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgA
             .bind(Json(key.metadata.as_map().clone()))
             .bind(key.created_at)
             .bind(key.expires_at)
+            .bind(key.client_id.as_deref())
     }
 }
 
@@ -388,6 +390,7 @@ fn read_record(row: &PgRow) -> Result<KeyRecord, StoreError> {
         successor_id: successor
             .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
             .transpose()?,
+        client_id: row.try_get("client_id")?,
     })
 }
 

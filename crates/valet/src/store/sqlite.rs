@@ -67,13 +67,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
         // SQLite has no advisory lock, so processes that open a new file at the same moment
-        // (a server and a CLI command, say) take turns through a lock file beside it.
+        // (a server and a CLI command, say) take turns through a lock file beside it while
+        // they create the file, switch it to WAL and migrate it.
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".migrate-lock");
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
@@ -88,6 +84,11 @@ impl SqliteStore {
         .await
         .map_err(|err| StoreError::MigrationLock(err.to_string()))?
         .map_err(|err| StoreError::MigrationLock(format!("{}: {err}", path.display())))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
         let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
         drop(lock);
         migrated?;
@@ -310,8 +311,9 @@ impl KeyStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO api_keys
-                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
-             SELECT ?, ?, name, owner, scopes, env, metadata, ?, ?
+                 (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at,
+                  client_id)
+             SELECT ?, ?, name, owner, scopes, env, metadata, ?, ?, client_id
              FROM api_keys
              WHERE id = ? AND env = ? AND successor_id IS NULL AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > ?)",
@@ -406,8 +408,9 @@ async fn insert(
     key: &NewKeyRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO api_keys (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys
+             (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at, client_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(key.id.as_str())
     .bind(key.hash.as_bytes().as_slice())
@@ -418,6 +421,7 @@ async fn insert(
     .bind(json_text(key.metadata.as_map()))
     .bind(to_micros(key.created_at))
     .bind(key.expires_at.map(to_micros))
+    .bind(key.client_id.as_deref())
     .execute(executor)
     .await?;
     Ok(())
@@ -468,6 +472,7 @@ fn read_record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         successor_id: successor
             .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
             .transpose()?,
+        client_id: row.try_get("client_id")?,
         id,
     })
 }

@@ -20,7 +20,7 @@ use valet::service::{CacheConfig, KeyService, NewKey};
 use valet::store;
 
 /// Fields of a key object, in the HTTP API and in `--json` output alike.
-pub const KEY_FIELDS: [&str; 11] = [
+pub const KEY_FIELDS: [&str; 12] = [
     "id",
     "name",
     "owner",
@@ -32,6 +32,7 @@ pub const KEY_FIELDS: [&str; 11] = [
     "revoked_at",
     "last_used_at",
     "successor_id",
+    "client_id",
 ];
 
 /// Store backend a test runs against.
@@ -215,6 +216,7 @@ pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) 
             env: KeyEnv::Live,
             metadata: Metadata::default(),
             expires_at: None,
+            client_id: None,
         })
         .await
         .expect("create admin key");
