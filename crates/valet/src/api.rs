@@ -71,7 +71,8 @@ impl From<CreatedKey> for CreatedKeyObject {
     }
 }
 
-fn serialize_raw_key<S: Serializer>(key: &RawKey, serializer: S) -> Result<S::Ok, S::Error> {
+/// Serializes a raw key as its text, for the one response that shows it.
+pub fn serialize_raw_key<S: Serializer>(key: &RawKey, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(key.expose())
 }
 

@@ -9,6 +9,7 @@ pub mod http;
 pub mod key;
 pub mod metrics;
 pub mod model;
+pub mod oauth;
 pub mod redact;
 pub mod service;
 pub mod store;

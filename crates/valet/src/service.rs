@@ -120,6 +120,8 @@ pub struct RolledKey {
 pub enum ServiceError {
     #[error("key {0} not found")]
     NotFound(KeyId),
+    #[error("client {0} not found")]
+    ClientNotFound(String),
     #[error(
         "key {id} was already rolled; its successor is {successor}: roll the successor instead"
     )]

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::http::{self, AppState};
+use crate::oauth::service::OAuthService;
 use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
 
 /// How often failed verifications are summarised in the log.
@@ -23,6 +24,11 @@ pub struct ServeArgs {
     #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
+    /// Issuer URL of access tokens (their `iss`), as clients and resource servers reach
+    /// this server, without a trailing slash. Default: http:// and the listen address.
+    #[arg(long, env = "VALET_ISSUER", value_parser = parse_issuer)]
+    pub issuer: Option<String>,
+
     /// Maximum number of verified keys kept in memory.
     #[arg(long, env = "VALET_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: usize,
@@ -31,6 +37,19 @@ pub struct ServeArgs {
     /// unreachable. 0 fails closed with 503 at once.
     #[arg(long, env = "VALET_STALE_IF_ERROR_SECONDS", default_value_t = 0)]
     pub stale_if_error_seconds: u64,
+}
+
+fn parse_issuer(text: &str) -> Result<String, String> {
+    let valid = (text.starts_with("https://") || text.starts_with("http://"))
+        && !text.ends_with('/')
+        && !text.contains(['?', '#', ' ']);
+    if !valid {
+        return Err(
+            "expected an http:// or https:// URL without a trailing slash, query or fragment"
+                .to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -93,8 +112,19 @@ pub async fn run(
         stop_tx.subscribe(),
     ));
 
+    let issuer = args
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let oauth = Arc::new(OAuthService::new(service.clone(), issuer.clone()));
+    oauth
+        .ensure_signing_key()
+        .await
+        .context("could not load or create the token signing key")?;
+    tracing::info!(issuer = %issuer, "OAuth issuer");
     let state = AppState {
         service: service.clone(),
+        oauth,
     };
     http::serve(listener, state, shutdown_signal()).await;
 

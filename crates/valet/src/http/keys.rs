@@ -101,31 +101,8 @@ pub async fn list(
         )
     })?;
 
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => Some(text)
-            .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|text| text.parse::<u32>().ok())
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-    };
-    let after = params
-        .cursor
-        .as_deref()
-        .map(|text| {
-            Cursor::decode(text).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "`cursor` is not one this server issued: pass `next_cursor` from the previous page unchanged",
-                )
-            })
-        })
-        .transpose()?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let after = parse_cursor(params.cursor.as_deref())?;
 
     if let Some(owner) = &params.owner {
         Owner::parse(owner)
@@ -146,6 +123,36 @@ pub async fn show(
     KeyIdPath(id): KeyIdPath,
 ) -> Result<Json<KeyObject>, ApiError> {
     Ok(Json(state.service.get(&id).await?.into()))
+}
+
+/// Parses the `limit` query parameter: 1 to 100, default 50.
+pub(super) fn parse_limit(text: Option<&str>) -> Result<u32, ApiError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    Some(text)
+        .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|text| text.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_limit",
+                format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
+/// Parses the `cursor` query parameter from a previous page's `next_cursor`.
+pub(super) fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    text.map(|text| {
+        Cursor::decode(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "`cursor` is not one this server issued: pass `next_cursor` from the previous page unchanged",
+            )
+        })
+    })
+    .transpose()
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,10 @@
 //! [`KeyService`], and turn the result into JSON or problem details.
 
 mod auth;
+mod clients;
 mod extract;
 mod keys;
+mod oauth;
 mod problem;
 mod server;
 
@@ -36,6 +38,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<KeyService>,
+    pub oauth: Arc<crate::oauth::service::OAuthService>,
 }
 
 /// Builds the router with every route, the body limit and request logging.
@@ -49,6 +52,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}", get(keys::show).patch(keys::update))
         .route("/v1/keys/{id}/roll", post(keys::roll))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/v1/clients", post(clients::create).get(clients::list))
+        .route(
+            "/v1/clients/{id}",
+            get(clients::show)
+                .patch(clients::update)
+                .delete(clients::delete),
+        )
+        .route("/v1/clients/{id}/secrets", post(clients::add_secret))
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

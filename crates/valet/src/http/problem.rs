@@ -92,6 +92,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "key_not_found", err.to_string())
             }
+            ServiceError::ClientNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "client_not_found", err.to_string())
+            }
             ServiceError::AlreadyRolled { .. } => {
                 Self::new(StatusCode::CONFLICT, "key_already_rolled", err.to_string())
             }

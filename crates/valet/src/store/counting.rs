@@ -6,10 +6,12 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::{ChangeSink, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use super::{ChangeSink, Cursor, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
 use crate::key::KeyId;
 use crate::metrics::Metrics;
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
+use crate::oauth::client::ClientRecord;
+use crate::oauth::signing::SigningKeyRecord;
 
 /// Wraps a store and counts each call by operation name before passing it on.
 pub struct CountingStore {
@@ -89,6 +91,45 @@ impl KeyStore for CountingStore {
     async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
         self.metrics.store_query("record_usage");
         self.inner.record_usage(usage).await
+    }
+
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.metrics.store_query("insert_client");
+        self.inner.insert_client(client).await
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.metrics.store_query("find_client");
+        self.inner.find_client(id).await
+    }
+
+    async fn list_clients(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError> {
+        self.metrics.store_query("list_clients");
+        self.inner.list_clients(limit, after).await
+    }
+
+    async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        self.metrics.store_query("replace_client");
+        self.inner.replace_client(client).await
+    }
+
+    async fn delete_client(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        self.metrics.store_query("delete_client");
+        self.inner.delete_client(id, at).await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.metrics.store_query("signing_keys");
+        self.inner.signing_keys().await
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        self.metrics.store_query("insert_signing_key");
+        self.inner.insert_signing_key(key).await
     }
 
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, stop: watch::Receiver<bool>) {

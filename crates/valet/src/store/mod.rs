@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 use crate::key::{KeyHash, KeyId, base62};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
+use crate::oauth::client::ClientRecord;
+use crate::oauth::signing::SigningKeyRecord;
 
 pub use counting::CountingStore;
 pub use postgres::PostgresStore;
@@ -262,6 +264,33 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Raises `last_used_at` of each key to the given time; never lowers it.
     async fn record_usage(&self, usage: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
 
+    /// Inserts a client; fails with [`StoreError::IdTaken`] when its id exists.
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+
+    /// Loads a client by id.
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// Lists clients, newest first.
+    async fn list_clients(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError>;
+
+    /// Overwrites every field of the client with `client.id` except its creation time;
+    /// returns `false` when the id is unknown.
+    async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError>;
+
+    /// In one transaction, revokes every secret of the client at `at` and deletes it;
+    /// returns `false` when the id is unknown.
+    async fn delete_client(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Loads every signing key that is not retired.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Stores a new signing key.
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+
     /// Feeds every change to a key, made by any node or process, to `sink` until `stop`
     /// changes. Reconnects by itself after a failure and then calls
     /// [`ChangeSink::resync`] again.
@@ -345,6 +374,36 @@ where
         reason: "key_hash is not 32 bytes".into(),
     })?;
     Ok(StoredKey { record, hash })
+}
+
+/// Columns of `oauth_clients` that every read selects, in both backends.
+const CLIENT_COLUMNS: &str = "seq, id, name, owner, scopes, audiences, default_audience, \
+                              token_lifetime_seconds, created_at";
+
+/// Turns rows of clients, newest first with one extra row, into a page.
+fn client_page<R>(
+    rows: &[R],
+    limit: u32,
+    read: impl Fn(&R) -> Result<ClientRecord, StoreError>,
+) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let more = rows.len() > limit as usize;
+    let mut clients = Vec::with_capacity(rows.len());
+    let mut last_seq = None;
+    for row in rows.iter().take(limit as usize) {
+        clients.push(read(row)?);
+        last_seq = Some(row.try_get::<i64, _>("seq")?);
+    }
+    let next = if more {
+        last_seq.map(Cursor::new)
+    } else {
+        None
+    };
+    Ok((clients, next))
 }
 
 /// Columns of `api_keys` that every read selects, in both backends.

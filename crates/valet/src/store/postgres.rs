@@ -15,12 +15,14 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    COLUMNS, ChangeKind, ChangeSink, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
-    RollOutcome, StoreError, list_query, page_from_rows, redact_url, stored_key_from_row,
-    wait_to_reconnect,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange,
+    KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
+    redact_url, stored_key_from_row, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyId};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros};
+use crate::oauth::client::ClientRecord;
+use crate::oauth::signing::{SigningAlgorithm, SigningKeyRecord};
 
 /// Channel on which the triggers announce key changes.
 const CHANNEL: &str = "valet_key_changes";
@@ -316,6 +318,133 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_clients (id, name, owner, scopes, audiences, default_audience,
+                 token_lifetime_seconds, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.owner.as_deref())
+        .bind(&client.scopes)
+        .bind(&client.audiences)
+        .bind(client.default_audience.as_deref())
+        .bind(client.token_lifetime_seconds as i32)
+        .bind(client.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| read_client(&row)).transpose()
+    }
+
+    async fn list_clients(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(after.map_or(i64::MAX, Cursor::seq))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        client_page(&rows, limit, read_client)
+    }
+
+    async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE oauth_clients SET name = $2, owner = $3, scopes = $4, audiences = $5,
+                 default_audience = $6, token_lifetime_seconds = $7
+             WHERE id = $1",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.owner.as_deref())
+        .bind(&client.scopes)
+        .bind(&client.audiences)
+        .bind(client.default_audience.as_deref())
+        .bind(client.token_lifetime_seconds as i32)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn delete_client(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE client_id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at
+             FROM signing_keys WHERE retired_at IS NULL OR retired_at > now()
+             ORDER BY signs_from, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kid: String = row.try_get("kid")?;
+                let algorithm: String = row.try_get("algorithm")?;
+                let private_key: Vec<u8> = row.try_get("private_key")?;
+                let Json(public_jwk) = row.try_get("public_jwk")?;
+                Ok(SigningKeyRecord {
+                    algorithm: SigningAlgorithm::parse(&algorithm)
+                        .ok_or_else(|| corrupt(&kid, "signing key algorithm is invalid"))?,
+                    private_key: zeroize::Zeroizing::new(private_key),
+                    public_jwk,
+                    created_at: row.try_get("created_at")?,
+                    signs_from: row.try_get("signs_from")?,
+                    retired_at: row.try_get("retired_at")?,
+                    kid,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys
+                 (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.kid)
+        .bind(key.algorithm.as_str())
+        .bind(key.private_key.as_slice())
+        .bind(Json(&key.public_jwk))
+        .bind(key.created_at)
+        .bind(key.signs_from)
+        .bind(key.retired_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_FEED_BACKOFF;
         loop {
@@ -391,6 +520,20 @@ fn read_record(row: &PgRow) -> Result<KeyRecord, StoreError> {
             .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
             .transpose()?,
         client_id: row.try_get("client_id")?,
+    })
+}
+
+fn read_client(row: &PgRow) -> Result<ClientRecord, StoreError> {
+    let lifetime: i32 = row.try_get("token_lifetime_seconds")?;
+    Ok(ClientRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        scopes: row.try_get("scopes")?,
+        audiences: row.try_get("audiences")?,
+        default_audience: row.try_get("default_audience")?,
+        token_lifetime_seconds: i64::from(lifetime),
+        created_at: row.try_get("created_at")?,
     })
 }
 

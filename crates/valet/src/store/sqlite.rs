@@ -16,13 +16,16 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    COLUMNS, ChangeKind, ChangeSink, FIRST_FEED_BACKOFF, KeyChange, KeyPage, KeyStore, ListQuery,
-    RollOutcome, StoreError, list_query, page_from_rows, stored_key_from_row, wait_to_reconnect,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange,
+    KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
+    stored_key_from_row, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyId};
 use crate::model::{
     KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros, to_micros,
 };
+use crate::oauth::client::ClientRecord;
+use crate::oauth::signing::{SigningAlgorithm, SigningKeyRecord};
 
 /// How often a server polls `key_changes` for changes made by other processes.
 const POLL_INTERVAL: Duration = std::time::Duration::from_millis(50);
@@ -385,6 +388,141 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_clients (id, name, owner, scopes, audiences, default_audience,
+                 token_lifetime_seconds, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.owner.as_deref())
+        .bind(json_text(&client.scopes))
+        .bind(json_text(&client.audiences))
+        .bind(client.default_audience.as_deref())
+        .bind(client.token_lifetime_seconds)
+        .bind(to_micros(client.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| read_client(&row)).transpose()
+    }
+
+    async fn list_clients(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        )))
+        .bind(after.map_or(i64::MAX, Cursor::seq))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        client_page(&rows, limit, read_client)
+    }
+
+    async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE oauth_clients SET name = ?, owner = ?, scopes = ?, audiences = ?,
+                 default_audience = ?, token_lifetime_seconds = ?
+             WHERE id = ?",
+        )
+        .bind(&client.name)
+        .bind(client.owner.as_deref())
+        .bind(json_text(&client.scopes))
+        .bind(json_text(&client.audiences))
+        .bind(client.default_audience.as_deref())
+        .bind(client.token_lifetime_seconds)
+        .bind(&client.id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn delete_client(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE client_id = ?")
+            .bind(to_micros(at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM oauth_clients WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at
+             FROM signing_keys WHERE retired_at IS NULL OR retired_at > ?
+             ORDER BY signs_from, kid",
+        )
+        .bind(to_micros(crate::model::now()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kid: String = row.try_get("kid")?;
+                let bad = |column: &str| {
+                    corrupt(&kid, format!("signing key column `{column}` is invalid"))
+                };
+                let time = |column: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+                    let micros: Option<i64> = row.try_get(column)?;
+                    micros
+                        .map(|m| from_micros(m).ok_or_else(|| bad(column)))
+                        .transpose()
+                };
+                let algorithm: String = row.try_get("algorithm")?;
+                let jwk: String = row.try_get("public_jwk")?;
+                let private_key: Vec<u8> = row.try_get("private_key")?;
+                Ok(SigningKeyRecord {
+                    algorithm: SigningAlgorithm::parse(&algorithm)
+                        .ok_or_else(|| bad("algorithm"))?,
+                    private_key: zeroize::Zeroizing::new(private_key),
+                    public_jwk: serde_json::from_str(&jwk).map_err(|_| bad("public_jwk"))?,
+                    created_at: time("created_at")?.ok_or_else(|| bad("created_at"))?,
+                    signs_from: time("signs_from")?.ok_or_else(|| bad("signs_from"))?,
+                    retired_at: time("retired_at")?,
+                    kid,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys
+                 (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.kid)
+        .bind(key.algorithm.as_str())
+        .bind(key.private_key.as_slice())
+        .bind(key.public_jwk.to_string())
+        .bind(to_micros(key.created_at))
+        .bind(to_micros(key.signs_from))
+        .bind(key.retired_at.map(to_micros))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_FEED_BACKOFF;
         loop {
@@ -473,6 +611,24 @@ fn read_record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
             .map(|s| KeyId::parse(&s).map_err(|_| bad("successor_id")))
             .transpose()?,
         client_id: row.try_get("client_id")?,
+        id,
+    })
+}
+
+fn read_client(row: &SqliteRow) -> Result<ClientRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let bad = |column: &str| corrupt(&id, format!("client column `{column}` is invalid"));
+    let scopes: String = row.try_get("scopes")?;
+    let audiences: String = row.try_get("audiences")?;
+    let created_at: i64 = row.try_get("created_at")?;
+    Ok(ClientRecord {
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
+        audiences: serde_json::from_str(&audiences).map_err(|_| bad("audiences"))?,
+        default_audience: row.try_get("default_audience")?,
+        token_lifetime_seconds: row.try_get("token_lifetime_seconds")?,
+        created_at: from_micros(created_at).ok_or_else(|| bad("created_at"))?,
         id,
     })
 }

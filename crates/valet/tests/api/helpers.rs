@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use valet::http::{self, AppState};
 use valet::key::{KeyEnv, KeyFormat};
 use valet::model::{KeyName, Metadata, Scopes};
+use valet::oauth::service::OAuthService;
 use valet::service::{CacheConfig, KeyService, NewKey};
 use valet::store;
 
@@ -223,8 +224,11 @@ pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) 
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().unwrap());
+    let oauth = Arc::new(OAuthService::new(service.clone(), address.clone()));
+    oauth.ensure_signing_key().await.expect("signing key");
     let state = AppState {
         service: service.clone(),
+        oauth,
     };
     tokio::spawn(http::serve(listener, state, std::future::pending()));
 

@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod keys;
 mod multinode;
+mod oauth;
 mod process;
 mod proxy;
 mod readme;

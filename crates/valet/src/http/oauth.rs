@@ -1,0 +1,327 @@
+//! The OAuth 2.0 endpoints: `/oauth/token`, the JWK set and the server metadata.
+//!
+//! Every response here carries `Cache-Control: no-store` and `Pragma: no-cache`, and every
+//! error is JSON with `error` and `error_description`, as RFC 6749 section 5 requires.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::oauth::service::OAuthError;
+
+/// An RFC 6749 section 5.2 error response.
+#[derive(Debug)]
+pub struct OAuthErrorResponse {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// The client authenticated with HTTP Basic, so a 401 must challenge with Basic.
+    basic_challenge: bool,
+}
+
+impl OAuthErrorResponse {
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+
+    fn from_error(err: OAuthError, basic: bool) -> Self {
+        let (status, error, description) = match err {
+            OAuthError::InvalidRequest(text) => (StatusCode::BAD_REQUEST, "invalid_request", text),
+            OAuthError::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed: check the client id and secret".to_owned(),
+            ),
+            OAuthError::InvalidScope(text) => (StatusCode::BAD_REQUEST, "invalid_scope", text),
+            OAuthError::InvalidTarget(text) => (StatusCode::BAD_REQUEST, "invalid_target", text),
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                err.to_string(),
+            ),
+            OAuthError::Service(crate::service::ServiceError::Store(
+                crate::store::StoreError::Unavailable(ref cause),
+            )) => {
+                tracing::warn!(error = %cause, "store unavailable at the token endpoint");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the store is not responding; retry shortly".to_owned(),
+                )
+            }
+            other => {
+                tracing::error!(error = %super::problem::error_chain(&other), "token request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the server failed to handle the request; the cause is in its log".to_owned(),
+                )
+            }
+        };
+        Self {
+            status,
+            error,
+            description,
+            basic_challenge: basic,
+        }
+    }
+}
+
+impl IntoResponse for OAuthErrorResponse {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "error_description": self.description });
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        no_store(headers);
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6749 section 5.2: a client that used Basic gets a Basic challenge.
+            let challenge = if self.basic_challenge {
+                "Basic realm=\"valet\""
+            } else {
+                "Bearer realm=\"valet\""
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// Parameters of a form body, each at most once.
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an
+    /// `invalid_request` (RFC 6749 section 3.2).
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthErrorResponse> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        if content_type.as_deref() != Some("application/x-www-form-urlencoded") {
+            return Err(OAuthErrorResponse::invalid_request(
+                "send the parameters as application/x-www-form-urlencoded",
+            ));
+        }
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (name, value) in form_urlencoded::parse(body) {
+            if pairs.iter().any(|(seen, _)| *seen == name) {
+                return Err(OAuthErrorResponse::invalid_request(format!(
+                    "the parameter `{}` is repeated; send each parameter once",
+                    crate::redact::redact_keys(&name, "vk")
+                )));
+            }
+            pairs.push((name.into_owned(), value.into_owned()));
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Client credentials from either `client_secret_basic` or `client_secret_post`.
+struct ClientCredentials {
+    client_id: String,
+    secret: zeroize::Zeroizing<String>,
+    basic: bool,
+}
+
+/// Reads the client's credentials, rejecting two methods at once and a body `client_id`
+/// that differs from the Basic one.
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<ClientCredentials, OAuthErrorResponse> {
+    let basic = basic_credentials(headers)?;
+    let body_id = form.get("client_id");
+    let body_secret = form.get("client_secret");
+    match (basic, body_secret) {
+        (Some(_), Some(_)) => Err(OAuthErrorResponse::invalid_request(
+            "use one client authentication method, not both Basic and client_secret",
+        )),
+        (Some((id, secret)), None) => {
+            if body_id.is_some_and(|body_id| body_id != id) {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "the client_id in the body differs from the one in the Authorization header",
+                ));
+            }
+            Ok(ClientCredentials {
+                client_id: id,
+                secret,
+                basic: true,
+            })
+        }
+        (None, Some(secret)) => {
+            let Some(id) = body_id else {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "client_secret was sent without client_id",
+                ));
+            };
+            Ok(ClientCredentials {
+                client_id: id.to_owned(),
+                secret: zeroize::Zeroizing::new(secret.to_owned()),
+                basic: false,
+            })
+        }
+        (None, None) => Err(OAuthErrorResponse {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "authenticate the client with HTTP Basic or client_id and client_secret"
+                .into(),
+            basic_challenge: true,
+        }),
+    }
+}
+
+/// Decodes `Authorization: Basic`, whose id and secret are form-urlencoded before Base64
+/// (RFC 6749 section 2.3.1).
+fn basic_credentials(
+    headers: &HeaderMap,
+) -> Result<Option<(String, zeroize::Zeroizing<String>)>, OAuthErrorResponse> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(OAuthErrorResponse::invalid_request(
+            "send exactly one Authorization header",
+        ));
+    }
+    let malformed = || OAuthErrorResponse {
+        status: StatusCode::UNAUTHORIZED,
+        error: "invalid_client",
+        description: "the Authorization header is not valid HTTP Basic credentials".into(),
+        basic_challenge: true,
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() < 6 || !bytes[..6].eq_ignore_ascii_case(b"basic ") {
+        return Err(malformed());
+    }
+    let decoded = zeroize::Zeroizing::new(
+        STANDARD
+            .decode(bytes[6..].trim_ascii())
+            .map_err(|_| malformed())?,
+    );
+    let Some(colon) = decoded.iter().position(|b| *b == b':') else {
+        return Err(malformed());
+    };
+    let decode = |part: &[u8]| -> String {
+        form_urlencoded::parse(&[b"v=".as_slice(), part].concat())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let id = decode(&decoded[..colon]);
+    let secret = zeroize::Zeroizing::new(decode(&decoded[colon + 1..]));
+    Ok(Some((id, secret)))
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+}
+
+/// `POST /oauth/token` with `grant_type=client_credentials` (RFC 6749 section 4.4).
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthErrorResponse> {
+    let form = Form::parse(&headers, &body)?;
+    let credentials = client_credentials(&headers, &form)?;
+    let basic = credentials.basic;
+    let fail = |err: OAuthError| OAuthErrorResponse::from_error(err, basic);
+
+    match form.get("grant_type") {
+        Some("client_credentials") => {}
+        Some(_) => return Err(fail(OAuthError::UnsupportedGrantType)),
+        None => {
+            return Err(OAuthErrorResponse::invalid_request(
+                "grant_type is missing: send grant_type=client_credentials",
+            ));
+        }
+    }
+    let audience = match (form.get("resource"), form.get("audience")) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthErrorResponse::invalid_request(
+                "send either resource or audience, not both",
+            ));
+        }
+        (resource, audience) => resource.or(audience),
+    };
+
+    let client = state
+        .oauth
+        .authenticate(&credentials.client_id, &credentials.secret)
+        .await
+        .map_err(fail)?;
+    let issued = state
+        .oauth
+        .issue_token(&client, form.get("scope"), audience)
+        .map_err(fail)?;
+
+    let mut response = Json(TokenResponse {
+        access_token: issued.access_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        scope: issued.scope,
+    })
+    .into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+/// `GET /.well-known/jwks.json`: the public keys that verify access tokens.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.oauth.jwks()).into_response();
+    // Resource servers cache the set; a short lifetime lets them see a new key soon.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    response
+}
+
+/// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
+pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let issuer = state.oauth.issuer();
+    Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }))
+}

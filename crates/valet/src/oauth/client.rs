@@ -1,0 +1,107 @@
+//! OAuth clients: registered machine identities whose secrets are Valet API keys.
+
+use time::OffsetDateTime;
+
+use crate::key::base62;
+use crate::model::InvalidField;
+
+/// Number of base62 characters in a client id.
+pub const CLIENT_ID_LEN: usize = 16;
+/// Token lifetime when the client names none: 15 minutes.
+pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 900;
+/// Longest token lifetime a client may have: 24 hours.
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
+/// Maximum number of audiences a client may be allowed.
+pub const MAX_AUDIENCES: usize = 32;
+
+/// A registered client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientRecord {
+    pub id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    /// Scopes the client may be granted.
+    pub scopes: Vec<String>,
+    /// Audiences the client may request with `resource` or `audience`.
+    pub audiences: Vec<String>,
+    /// Audience of a token whose request names none.
+    pub default_audience: Option<String>,
+    pub token_lifetime_seconds: i64,
+    pub created_at: OffsetDateTime,
+}
+
+/// Draws a new client id from the operating system's CSPRNG.
+pub fn generate_client_id() -> Result<String, getrandom::Error> {
+    base62::random(CLIENT_ID_LEN)
+}
+
+/// Returns whether `text` has the shape of a client id, so malformed ids never reach the
+/// store.
+pub fn is_client_id(text: &str) -> bool {
+    text.len() == CLIENT_ID_LEN && text.bytes().all(base62::is_digit)
+}
+
+/// Checks a token lifetime in seconds.
+pub fn check_lifetime(seconds: i64) -> Result<i64, InvalidField> {
+    if !(1..=MAX_TOKEN_LIFETIME_SECONDS).contains(&seconds) {
+        return Err(InvalidField::new(
+            "token_lifetime_seconds",
+            format!("must be between 1 and {MAX_TOKEN_LIFETIME_SECONDS} (24 hours)"),
+        ));
+    }
+    Ok(seconds)
+}
+
+/// Checks audience URIs or names: 1 to 256 printable ASCII characters, no spaces.
+pub fn check_audiences(values: &[String]) -> Result<Vec<String>, InvalidField> {
+    if values.len() > MAX_AUDIENCES {
+        return Err(InvalidField::new(
+            "audiences",
+            format!("at most {MAX_AUDIENCES} audiences"),
+        ));
+    }
+    let mut audiences: Vec<String> = Vec::with_capacity(values.len());
+    for (index, value) in values.iter().enumerate() {
+        check_audience("audiences", value).map_err(|err| {
+            InvalidField::new("audiences", format!("item {index}: {}", err.reason))
+        })?;
+        if !audiences.contains(value) {
+            audiences.push(value.clone());
+        }
+    }
+    Ok(audiences)
+}
+
+/// Checks one audience value for `field`.
+pub fn check_audience(field: &'static str, value: &str) -> Result<(), InvalidField> {
+    let valid = (1..=256).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(InvalidField::new(
+            field,
+            "an audience is 1 to 256 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_shape_is_checked() {
+        let id = generate_client_id().unwrap();
+        assert!(is_client_id(&id));
+        assert!(!is_client_id("short"));
+        assert!(!is_client_id("AAAAAAAAAAAAAAA-"));
+    }
+
+    #[test]
+    fn lifetime_and_audiences_are_bounded() {
+        assert!(check_lifetime(900).is_ok());
+        assert!(check_lifetime(0).is_err());
+        assert!(check_lifetime(86_401).is_err());
+        assert!(check_audiences(&["https://api.example".into()]).is_ok());
+        assert!(check_audiences(&["has space".into()]).is_err());
+    }
+}

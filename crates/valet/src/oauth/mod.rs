@@ -1,0 +1,5 @@
+//! OAuth 2.0 client credentials: clients, signing keys and access tokens.
+
+pub mod client;
+pub mod service;
+pub mod signing;

@@ -1,0 +1,400 @@
+//! The OAuth service: client lifecycle, client authentication and token issuance.
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::client::{
+    self, ClientRecord, DEFAULT_TOKEN_LIFETIME_SECONDS, generate_client_id, is_client_id,
+};
+use super::signing::{SigningAlgorithm, SigningError, SigningKeyRecord};
+use crate::key::{KeyEnv, base62};
+use crate::model::{self, InvalidField, KeyName, Metadata, Owner, Scopes};
+use crate::service::{CreatedKey, KeyService, NewKey, ServiceError, VerifyCode};
+use crate::store::{Cursor, StoreError};
+
+/// Random characters in a token id (`jti`): 22 base62 characters, about 131 bits.
+const JTI_LEN: usize = 22;
+
+/// Error of an OAuth operation, named by its RFC 6749 section 5.2 or RFC 8707 code.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Unknown client, wrong secret or deleted client: one answer for all three, so client
+    /// ids cannot be enumerated.
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("{0}")]
+    InvalidTarget(String),
+    #[error("the grant type is not supported: use client_credentials")]
+    UnsupportedGrantType,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error("could not sign the access token: {0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(err: StoreError) -> Self {
+        Self::Service(err.into())
+    }
+}
+
+/// Validated input for a new client.
+#[derive(Clone, Debug)]
+pub struct NewClient {
+    pub name: KeyName,
+    pub owner: Option<Owner>,
+    pub scopes: Scopes,
+    pub audiences: Vec<String>,
+    pub default_audience: Option<String>,
+    pub token_lifetime_seconds: Option<i64>,
+}
+
+/// Fields to change on a client; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct ClientUpdate {
+    pub name: Option<KeyName>,
+    pub owner: Option<Option<Owner>>,
+    pub scopes: Option<Scopes>,
+    pub audiences: Option<Vec<String>>,
+    pub default_audience: Option<Option<String>>,
+    pub token_lifetime_seconds: Option<i64>,
+}
+
+/// A client just created, with its first secret.
+#[derive(Debug)]
+pub struct CreatedClient {
+    pub client: ClientRecord,
+    pub secret: CreatedKey,
+}
+
+/// An issued access token.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+#[derive(Serialize)]
+struct AccessTokenClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+    iat: i64,
+    jti: String,
+    client_id: &'a str,
+    scope: &'a str,
+}
+
+/// Clients, their secrets, and the access tokens they obtain.
+pub struct OAuthService {
+    keys: Arc<KeyService>,
+    issuer: String,
+    signing_keys: RwLock<Vec<SigningKeyRecord>>,
+}
+
+impl OAuthService {
+    /// Creates the service for `issuer`, the `iss` of every token.
+    pub fn new(keys: Arc<KeyService>, issuer: String) -> Self {
+        Self {
+            keys,
+            issuer,
+            signing_keys: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Loads the signing keys, and creates an ES256 key when none can sign yet.
+    pub async fn ensure_signing_key(&self) -> Result<(), OAuthError> {
+        self.reload_signing_keys().await?;
+        if self.current_signing_key().is_some() {
+            return Ok(());
+        }
+        let now = model::now();
+        let key = SigningKeyRecord::generate(SigningAlgorithm::Es256, now, now)?;
+        self.keys.store().insert_signing_key(&key).await?;
+        tracing::info!(kid = %key.kid, algorithm = key.algorithm.as_str(), "created signing key");
+        self.reload_signing_keys().await
+    }
+
+    /// Reads the published signing keys from the store.
+    pub async fn reload_signing_keys(&self) -> Result<(), OAuthError> {
+        let keys = self.keys.store().signing_keys().await?;
+        *self.signing_keys.write().expect("signing key lock") = keys;
+        Ok(())
+    }
+
+    /// Returns the key that signs now: the one with the latest `signs_from` in the past.
+    fn current_signing_key(&self) -> Option<SigningKeyRecord> {
+        let now = OffsetDateTime::now_utc();
+        self.signing_keys
+            .read()
+            .expect("signing key lock")
+            .iter()
+            .filter(|key| key.signs_from <= now && key.retired_at.is_none_or(|at| at > now))
+            .max_by_key(|key| key.signs_from)
+            .cloned()
+    }
+
+    /// Returns the JWK set of every published key.
+    pub fn jwks(&self) -> Value {
+        let keys: Vec<Value> = self
+            .signing_keys
+            .read()
+            .expect("signing key lock")
+            .iter()
+            .map(|key| key.public_jwk.clone())
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Registers a client and gives it its first secret.
+    pub async fn create_client(&self, new: NewClient) -> Result<CreatedClient, OAuthError> {
+        let lifetime = client::check_lifetime(
+            new.token_lifetime_seconds
+                .unwrap_or(DEFAULT_TOKEN_LIFETIME_SECONDS),
+        )
+        .map_err(ServiceError::from)?;
+        check_default_audience(&new.audiences, new.default_audience.as_deref())?;
+        let client = ClientRecord {
+            id: generate_client_id().map_err(ServiceError::Random)?,
+            name: new.name.as_str().to_owned(),
+            owner: new.owner.as_ref().map(|o| o.as_str().to_owned()),
+            scopes: new.scopes.to_strings(),
+            audiences: new.audiences,
+            default_audience: new.default_audience,
+            token_lifetime_seconds: lifetime,
+            created_at: model::now(),
+        };
+        self.keys.store().insert_client(&client).await?;
+        let secret = self.add_secret(&client.id, None).await?;
+        tracing::info!(client_id = %client.id, secret_key_id = %secret.record.id, "created client");
+        Ok(CreatedClient { client, secret })
+    }
+
+    /// Loads one client.
+    pub async fn get_client(&self, id: &str) -> Result<ClientRecord, OAuthError> {
+        if !is_client_id(id) {
+            return Err(client_not_found(id));
+        }
+        self.keys
+            .store()
+            .find_client(id)
+            .await?
+            .ok_or_else(|| client_not_found(id))
+    }
+
+    /// Lists clients, newest first.
+    pub async fn list_clients(
+        &self,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<ClientRecord>, Option<Cursor>), OAuthError> {
+        Ok(self.keys.store().list_clients(limit, after).await?)
+    }
+
+    /// Changes a client's fields.
+    ///
+    /// NOTE: the client is read, changed and written back, so of two updates of one client
+    /// at the same moment, the later write wins whole.
+    pub async fn update_client(
+        &self,
+        id: &str,
+        update: ClientUpdate,
+    ) -> Result<ClientRecord, OAuthError> {
+        let mut client = self.get_client(id).await?;
+        if let Some(name) = update.name {
+            client.name = name.as_str().to_owned();
+        }
+        if let Some(owner) = update.owner {
+            client.owner = owner.map(|o| o.as_str().to_owned());
+        }
+        if let Some(scopes) = update.scopes {
+            client.scopes = scopes.to_strings();
+        }
+        if let Some(audiences) = update.audiences {
+            client.audiences = audiences;
+        }
+        if let Some(default_audience) = update.default_audience {
+            client.default_audience = default_audience;
+        }
+        if let Some(lifetime) = update.token_lifetime_seconds {
+            client.token_lifetime_seconds =
+                client::check_lifetime(lifetime).map_err(ServiceError::from)?;
+        }
+        check_default_audience(&client.audiences, client.default_audience.as_deref())?;
+        if !self.keys.store().replace_client(&client).await? {
+            return Err(client_not_found(id));
+        }
+        tracing::info!(client_id = %id, "updated client");
+        Ok(client)
+    }
+
+    /// Deletes a client and revokes every one of its secrets.
+    pub async fn delete_client(&self, id: &str) -> Result<(), OAuthError> {
+        if !is_client_id(id) || !self.keys.store().delete_client(id, model::now()).await? {
+            return Err(client_not_found(id));
+        }
+        // The revoked secrets may be cached; the change feed drops them on every node.
+        tracing::info!(client_id = %id, "deleted client and revoked its secrets");
+        Ok(())
+    }
+
+    /// Issues another secret for a client, an API key bound to it.
+    pub async fn add_secret(
+        &self,
+        client_id: &str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<CreatedKey, OAuthError> {
+        let client = self.get_client(client_id).await?;
+        let new = NewKey {
+            name: KeyName::parse(&format!("client secret for {}", client.id))
+                .map_err(ServiceError::from)?,
+            owner: client
+                .owner
+                .as_deref()
+                .map(Owner::parse)
+                .transpose()
+                .ok()
+                .flatten(),
+            scopes: Scopes::default(),
+            env: KeyEnv::Live,
+            metadata: Metadata::default(),
+            expires_at,
+            client_id: Some(client.id.clone()),
+        };
+        Ok(self.keys.create(new).await?)
+    }
+
+    /// Authenticates a client by id and secret. Every failure is the same
+    /// [`OAuthError::InvalidClient`].
+    pub async fn authenticate(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<ClientRecord, OAuthError> {
+        if !is_client_id(client_id) {
+            return Err(OAuthError::InvalidClient);
+        }
+        let verification = self.keys.verify(secret, &Scopes::default()).await?;
+        let bound = verification
+            .key
+            .as_ref()
+            .and_then(|key| key.client_id.as_deref());
+        if verification.code != VerifyCode::Valid || bound != Some(client_id) {
+            return Err(OAuthError::InvalidClient);
+        }
+        self.keys
+            .store()
+            .find_client(client_id)
+            .await?
+            .ok_or(OAuthError::InvalidClient)
+    }
+
+    /// Issues an access token to an authenticated client.
+    ///
+    /// `requested_scope` is the space-delimited `scope` parameter; none means every scope
+    /// of the client. `audience` comes from `resource` or `audience`.
+    pub fn issue_token(
+        &self,
+        client: &ClientRecord,
+        requested_scope: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let scope = granted_scope(client, requested_scope)?;
+        let audience = match audience {
+            Some(audience) if client.audiences.iter().any(|a| a == audience) => audience,
+            Some(_) => {
+                return Err(OAuthError::InvalidTarget(
+                    "the requested resource or audience is not one this client may use".into(),
+                ));
+            }
+            None => client.default_audience.as_deref().ok_or_else(|| {
+                OAuthError::InvalidTarget(
+                    "name the resource with `resource` or `audience`; this client has no default audience"
+                        .into(),
+                )
+            })?,
+        };
+
+        let key = self
+            .current_signing_key()
+            .ok_or_else(|| SigningError::Unusable {
+                kid: "-".into(),
+                reason: "no signing key can sign now".into(),
+            })?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = AccessTokenClaims {
+            iss: &self.issuer,
+            sub: &client.id,
+            aud: audience,
+            exp: now + client.token_lifetime_seconds,
+            iat: now,
+            jti: base62::random(JTI_LEN).map_err(ServiceError::Random)?,
+            client_id: &client.id,
+            scope: &scope,
+        };
+        let mut header = jsonwebtoken::Header::new(key.jwt_algorithm());
+        // RFC 9068 section 2.1: access tokens carry the media type at+jwt.
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(key.kid.clone());
+        let access_token = jsonwebtoken::encode(&header, &claims, &key.encoding_key())?;
+        tracing::debug!(client_id = %client.id, kid = %key.kid, "issued access token");
+        Ok(IssuedToken {
+            access_token,
+            expires_in: client.token_lifetime_seconds,
+            scope,
+        })
+    }
+}
+
+/// Computes the granted scope string: the requested scopes, all of which the client must
+/// have, or every scope of the client when none are requested.
+fn granted_scope(client: &ClientRecord, requested: Option<&str>) -> Result<String, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(client.scopes.join(" "));
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !client.scopes.iter().any(|held| held == scope) {
+            return Err(OAuthError::InvalidScope(
+                "a requested scope is not one this client may be granted".into(),
+            ));
+        }
+        if !granted.contains(&scope) {
+            granted.push(scope);
+        }
+    }
+    Ok(granted.join(" "))
+}
+
+fn check_default_audience(audiences: &[String], default: Option<&str>) -> Result<(), OAuthError> {
+    match default {
+        Some(default) if !audiences.iter().any(|a| a == default) => Err(OAuthError::Service(
+            InvalidField::new("default_audience", "must be one of `audiences`").into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn client_not_found(id: &str) -> OAuthError {
+    let shown = if is_client_id(id) {
+        id
+    } else {
+        "(malformed id)"
+    };
+    OAuthError::Service(ServiceError::ClientNotFound(shown.to_owned()))
+}

@@ -1,0 +1,454 @@
+//! OAuth 2.0 client credentials, checked with independent software: tokens come from the
+//! `oauth2` client crate and are verified against the JWK set with `jwt-simple`, not with
+//! the `jsonwebtoken` crate that signs them.
+
+use std::time::Duration;
+
+use jwt_simple::prelude::{
+    ECDSAP256PublicKeyLike, ES256PublicKey, NoCustomClaims, VerificationOptions,
+};
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_problem, on_each_backend, spawn_app};
+
+on_each_backend!(
+    token_verifies_against_jwks,
+    client_secret_post_gets_token,
+    token_errors_follow_rfc6749,
+    unknown_wrong_and_deleted_clients_look_alike,
+    rolled_secret_works_through_grace,
+    client_management_round_trip,
+);
+
+const AUDIENCE: &str = "https://orders.example";
+
+/// Registers a client with two scopes and one audience; returns its JSON with the secret.
+async fn create_client(app: &TestApp) -> Value {
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({
+                "name": "billing worker",
+                "scopes": ["orders:read", "orders:write"],
+                "audiences": [AUDIENCE, "https://other.example"],
+                "default_audience": AUDIENCE,
+                "token_lifetime_seconds": 600
+            })),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "create client");
+    response.json().await.unwrap()
+}
+
+type OAuthClient = oauth2::Client<
+    oauth2::StandardErrorResponse<BasicErrorResponseType>,
+    oauth2::StandardTokenResponse<oauth2::EmptyExtraTokenFields, oauth2::basic::BasicTokenType>,
+    oauth2::StandardTokenIntrospectionResponse<
+        oauth2::EmptyExtraTokenFields,
+        oauth2::basic::BasicTokenType,
+    >,
+    oauth2::StandardRevocableToken,
+    oauth2::StandardErrorResponse<oauth2::RevocationErrorResponseType>,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+fn oauth_client(app: &TestApp, id: &str, secret: &str, auth: AuthType) -> OAuthClient {
+    BasicClient::new(ClientId::new(id.to_owned()))
+        .set_client_secret(ClientSecret::new(secret.to_owned()))
+        .set_token_uri(TokenUrl::new(app.url("/oauth/token")).unwrap())
+        .set_auth_type(auth)
+}
+
+fn http_client() -> oauth2::reqwest::Client {
+    oauth2::reqwest::ClientBuilder::new()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Builds the ES256 public key of `kid` from the server's JWK set.
+async fn jwks_key(app: &TestApp, kid: &str) -> ES256PublicKey {
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["kid"] == kid)
+        .unwrap_or_else(|| panic!("kid {kid} not in {jwks}"));
+    assert_eq!(jwk["kty"], "EC");
+    assert!(
+        jwk.get("d").is_none(),
+        "the JWK set must not publish a private key"
+    );
+    use base64::Engine;
+    let decode = |field: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk[field].as_str().unwrap())
+            .unwrap()
+    };
+    let mut point = vec![0x04];
+    point.extend(decode("x"));
+    point.extend(decode("y"));
+    ES256PublicKey::from_bytes(&point).unwrap()
+}
+
+async fn token_verifies_against_jwks(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+
+    let token = oauth_client(&app, id, secret, AuthType::BasicAuth)
+        .exchange_client_credentials()
+        .add_scope(Scope::new("orders:read".into()))
+        .request_async(&http_client())
+        .await
+        .expect("token from client_secret_basic");
+    assert_eq!(token.scopes().unwrap()[0].as_str(), "orders:read");
+    assert_eq!(token.expires_in(), Some(Duration::from_secs(600)));
+
+    let jwt = token.access_token().secret();
+    let metadata = jwt_simple::token::Token::decode_metadata(jwt).unwrap();
+    assert_eq!(metadata.signature_type(), Some("at+jwt"), "RFC 9068 typ");
+    let kid = metadata.key_id().expect("kid in the header").to_owned();
+    let key = jwks_key(&app, &kid).await;
+    let options = VerificationOptions {
+        allowed_issuers: Some([app.address.clone()].into()),
+        allowed_audiences: Some([AUDIENCE.to_owned()].into()),
+        ..Default::default()
+    };
+    let claims = key
+        .verify_token::<Value>(jwt, Some(options))
+        .expect("token verifies against the JWK set");
+    assert_eq!(claims.subject.as_deref(), Some(id));
+    assert!(claims.jwt_id.is_some(), "jti present");
+    assert!(claims.issued_at.is_some(), "iat present");
+    assert!(claims.expires_at.is_some(), "exp present");
+    assert_eq!(claims.custom["client_id"], id);
+    assert_eq!(claims.custom["scope"], "orders:read");
+    let _ = key.verify_token::<NoCustomClaims>(jwt, None).unwrap();
+}
+
+async fn client_secret_post_gets_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+
+    let token = oauth_client(&app, id, secret, AuthType::RequestBody)
+        .exchange_client_credentials()
+        .add_extra_param("resource", "https://other.example")
+        .request_async(&http_client())
+        .await
+        .expect("token from client_secret_post");
+    let scopes: Vec<&str> = token.scopes().unwrap().iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        scopes,
+        vec!["orders:read", "orders:write"],
+        "no scope means all"
+    );
+
+    let jwt = token.access_token().secret();
+    let kid = jwt_simple::token::Token::decode_metadata(jwt)
+        .unwrap()
+        .key_id()
+        .unwrap()
+        .to_owned();
+    let options = VerificationOptions {
+        allowed_audiences: Some(["https://other.example".to_owned()].into()),
+        ..Default::default()
+    };
+    jwks_key(&app, &kid)
+        .await
+        .verify_token::<Value>(jwt, Some(options))
+        .expect("the resource parameter sets aud");
+}
+
+/// Client id and secret for HTTP Basic, if the request uses it.
+type BasicAuth<'a> = Option<(&'a str, &'a str)>;
+
+/// Sends a raw token request and returns status, headers and JSON body.
+async fn token_request(
+    app: &TestApp,
+    basic: Option<(&str, &str)>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app
+        .client
+        .post(app.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body: Value = response.json().await.unwrap();
+    (status, headers, body)
+}
+
+async fn token_errors_follow_rfc6749(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let encoded_secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let basic = Some((id, secret));
+
+    let cases: Vec<(BasicAuth, String, u16, &str)> = vec![
+        (
+            basic,
+            "grant_type=password".into(),
+            400,
+            "unsupported_grant_type",
+        ),
+        (basic, "scope=orders:read".into(), 400, "invalid_request"),
+        (
+            basic,
+            "grant_type=client_credentials&scope=admin".into(),
+            400,
+            "invalid_scope",
+        ),
+        (
+            basic,
+            "grant_type=client_credentials&resource=https://evil.example".into(),
+            400,
+            "invalid_target",
+        ),
+        (
+            basic,
+            "grant_type=client_credentials&grant_type=client_credentials".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            basic,
+            format!("grant_type=client_credentials&client_id={id}&client_secret={encoded_secret}"),
+            400,
+            "invalid_request",
+        ),
+        (
+            basic,
+            "grant_type=client_credentials&client_id=AAAAAAAAAAAAAAAA".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            None,
+            "grant_type=client_credentials".into(),
+            401,
+            "invalid_client",
+        ),
+    ];
+    for (auth, body, status, error) in cases {
+        let (got, headers, json) = token_request(&app, auth, &body).await;
+        assert_eq!(got, status, "{body}: {json}");
+        assert_eq!(json["error"], error, "{body}: {json}");
+        assert!(json["error_description"].is_string(), "{body}: {json}");
+        assert_eq!(headers["cache-control"], "no-store", "{body}");
+        assert_eq!(headers["pragma"], "no-cache", "{body}");
+        assert!(!json.to_string().contains(secret), "secret echoed: {json}");
+    }
+
+    let response = app
+        .client
+        .post(app.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .json(&json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "a JSON body is not a form");
+}
+
+async fn unknown_wrong_and_deleted_clients_look_alike(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap().to_owned();
+    let secret = client["client_secret"].as_str().unwrap().to_owned();
+    let other = create_client(&app).await;
+    let other_secret = other["client_secret"].as_str().unwrap();
+
+    let body = "grant_type=client_credentials";
+    let wrong = token_request(&app, Some((&id, "wrong")), body).await;
+    let unknown = token_request(&app, Some(("AAAAAAAAAAAAAAAA", &secret)), body).await;
+    let crossed = token_request(&app, Some((&id, other_secret)), body).await;
+    let response = app
+        .admin(Method::DELETE, &format!("/v1/clients/{id}"), None)
+        .await;
+    assert_eq!(response.status(), 204, "delete client");
+    let deleted = token_request(&app, Some((&id, &secret)), body).await;
+
+    for (name, (status, headers, json)) in [
+        ("wrong secret", &wrong),
+        ("unknown client", &unknown),
+        ("another client's secret", &crossed),
+        ("deleted client", &deleted),
+    ] {
+        assert_eq!(*status, 401, "{name}");
+        assert_eq!(
+            headers["www-authenticate"], "Basic realm=\"valet\"",
+            "{name}"
+        );
+        assert_eq!(json, &wrong.2, "{name} must look like a wrong secret");
+    }
+}
+
+async fn rolled_secret_works_through_grace(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let old_secret = client["client_secret"].as_str().unwrap();
+    let key_id = client["client_secret_key_id"].as_str().unwrap();
+
+    let rolled = app
+        .admin_json(
+            Method::POST,
+            &format!("/v1/keys/{key_id}/roll"),
+            Some(json!({"grace_period_seconds": 1})),
+        )
+        .await;
+    let new_secret = rolled["key"].as_str().unwrap();
+    assert_eq!(
+        rolled["client_id"], id,
+        "the new secret belongs to the client"
+    );
+
+    let body = "grant_type=client_credentials";
+    let (status, _, _) = token_request(&app, Some((id, new_secret)), body).await;
+    assert_eq!(status, 200, "the new secret works");
+    let (status, _, _) = token_request(&app, Some((id, old_secret)), body).await;
+    assert_eq!(status, 200, "the old secret works during the grace period");
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (status, _, json) = token_request(&app, Some((id, old_secret)), body).await;
+    assert_eq!(status, 401, "the old secret fails after the grace period");
+    assert_eq!(json["error"], "invalid_client");
+    let (status, _, _) = token_request(&app, Some((id, new_secret)), body).await;
+    assert_eq!(status, 200, "the new secret still works");
+}
+
+async fn client_management_round_trip(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    assert!(client["client_id_issued_at"].is_i64());
+    assert_eq!(client["client_secret_expires_at"], 0);
+
+    let shown = app
+        .admin_json(Method::GET, &format!("/v1/clients/{id}"), None)
+        .await;
+    assert!(
+        shown.get("client_secret").is_none(),
+        "secret shown again: {shown}"
+    );
+    assert_eq!(shown["scopes"], json!(["orders:read", "orders:write"]));
+
+    let updated = app
+        .admin_json(
+            Method::PATCH,
+            &format!("/v1/clients/{id}"),
+            Some(json!({"scopes": ["orders:read"], "token_lifetime_seconds": 60})),
+        )
+        .await;
+    assert_eq!(updated["scopes"], json!(["orders:read"]));
+    assert_eq!(updated["token_lifetime_seconds"], 60);
+
+    let added = app
+        .admin(Method::POST, &format!("/v1/clients/{id}/secrets"), None)
+        .await;
+    assert_eq!(added.status(), 201);
+    let added: Value = added.json().await.unwrap();
+    let second = added["client_secret"].as_str().unwrap();
+    let (status, _, json) =
+        token_request(&app, Some((id, second)), "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "a second secret works: {json}");
+    assert_eq!(
+        json["scope"], "orders:read",
+        "the update narrowed the scopes"
+    );
+    assert_eq!(json["expires_in"], 60);
+
+    let listed = app.admin_json(Method::GET, "/v1/clients", None).await;
+    assert_eq!(listed["clients"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["next_cursor"], Value::Null);
+
+    let response = app
+        .admin(Method::GET, "/v1/clients/AAAAAAAAAAAAAAAA", None)
+        .await;
+    assert_problem(response, 404, "client_not_found").await;
+    let response = app
+        .admin(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({"name": "x", "scopes": [], "audiences": ["a"], "default_audience": "b"})),
+        )
+        .await;
+    assert_problem(response, 422, "invalid_field").await;
+    let response = app
+        .admin(Method::DELETE, &format!("/v1/clients/{id}"), None)
+        .await;
+    assert_eq!(response.status(), 204);
+    let response = app
+        .admin(Method::DELETE, &format!("/v1/clients/{id}"), None)
+        .await;
+    assert_problem(response, 404, "client_not_found").await;
+}
+
+#[tokio::test]
+async fn metadata_describes_token_endpoint() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let metadata: Value = app
+        .client
+        .get(app.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["issuer"], app.address);
+    assert_eq!(metadata["token_endpoint"], app.url("/oauth/token"));
+    assert_eq!(metadata["jwks_uri"], app.url("/.well-known/jwks.json"));
+    assert_eq!(
+        metadata["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+    let methods = metadata["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap();
+    assert!(methods.contains(&json!("client_secret_basic")));
+    assert!(methods.contains(&json!("client_secret_post")));
+}
+
+#[tokio::test]
+async fn oauth2_crate_reports_invalid_client() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let result = oauth_client(&app, id, "wrong", AuthType::BasicAuth)
+        .exchange_client_credentials()
+        .request_async(&http_client())
+        .await;
+    let Err(RequestTokenError::ServerResponse(error)) = result else {
+        panic!("expected an OAuth error response, got {result:?}");
+    };
+    assert_eq!(*error.error(), BasicErrorResponseType::InvalidClient);
+}
