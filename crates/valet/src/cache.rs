@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::key::{KeyId, base62};
 use crate::metrics::Metrics;
 use crate::model::StoredKey;
-use crate::store::{ChangeKind, ChangeSink, KeyChange};
+use crate::store::{ChangeKind, ChangeSink, FeedEvent};
 
 /// Source of the key for one verification.
 #[derive(Debug)]
@@ -160,25 +160,64 @@ impl KeyCache {
     }
 }
 
-/// Applies the store's change feed to a [`KeyCache`] and records feed metrics.
+/// Ids (`jti`) of access tokens revoked before they expired, as this node knows them.
+///
+/// Like the key cache, the list is complete only while the change feed is connected;
+/// callers check [`KeyCache::is_trusted`] and ask the store otherwise.
+#[derive(Debug, Default)]
+pub struct DenyList {
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl DenyList {
+    /// Returns whether `jti` is known to be revoked.
+    pub fn contains(&self, jti: &str) -> bool {
+        self.revoked.read().expect("deny list lock").contains(jti)
+    }
+
+    /// Adds a revoked token id.
+    pub fn insert(&self, jti: String) {
+        self.revoked.write().expect("deny list lock").insert(jti);
+    }
+
+    fn replace(&self, jtis: Vec<String>) {
+        *self.revoked.write().expect("deny list lock") = jtis.into_iter().collect();
+    }
+}
+
+/// Applies the store's change feed to a [`KeyCache`] and a [`DenyList`], and records feed
+/// metrics.
 pub struct CacheSync {
     pub cache: Arc<KeyCache>,
+    pub denied: Arc<DenyList>,
     pub metrics: Arc<Metrics>,
 }
 
 impl ChangeSink for CacheSync {
-    fn resync(&self, ids: Vec<KeyId>) {
+    fn resync(&self, ids: Vec<KeyId>, revoked_jtis: Vec<String>) {
+        self.denied.replace(revoked_jtis);
         self.cache.resync(&ids);
         self.metrics.set_cache_trusted(true);
         tracing::info!(keys = ids.len(), "change feed connected; cache trusted");
     }
 
-    fn apply(&self, change: KeyChange) {
-        match change.kind {
-            ChangeKind::Inserted => self.cache.add_issued(&change.id),
-            ChangeKind::Updated | ChangeKind::Deleted => self.cache.invalidate(&change.id),
-        }
-        if let Some(at) = change.changed_at {
+    fn apply(&self, event: FeedEvent) {
+        let changed_at = match event {
+            FeedEvent::Key(change) => {
+                match change.kind {
+                    ChangeKind::Inserted => self.cache.add_issued(&change.id),
+                    ChangeKind::Updated | ChangeKind::Deleted => {
+                        self.cache.invalidate(&change.id)
+                    }
+                }
+                change.changed_at
+            }
+            FeedEvent::TokenRevoked { jti, changed_at } => {
+                self.denied.insert(jti);
+                changed_at
+            }
+        };
+        if let Some(at) = changed_at {
             let lag = time::OffsetDateTime::now_utc() - at;
             self.metrics.notification_lag(lag.as_seconds_f64());
         }

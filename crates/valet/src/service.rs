@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::cache::{CacheSync, KeyCache, Lookup};
+use crate::cache::{CacheSync, DenyList, KeyCache, Lookup};
 use crate::key::{KeyEnv, KeyFormat, KeyHash, KeyId, RawKey};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -165,6 +165,7 @@ pub struct KeyService {
     format: KeyFormat,
     usage: Arc<UsageTracker>,
     cache: Arc<KeyCache>,
+    denied: Arc<DenyList>,
     cache_config: CacheConfig,
     metrics: Arc<Metrics>,
 }
@@ -191,6 +192,7 @@ impl KeyService {
             format,
             usage: Arc::new(UsageTracker::default()),
             cache: Arc::new(KeyCache::new(cache_config.capacity)),
+            denied: Arc::new(DenyList::default()),
             cache_config,
             metrics,
         }
@@ -204,6 +206,7 @@ impl KeyService {
     ) -> tokio::task::JoinHandle<()> {
         let sink = Arc::new(CacheSync {
             cache: self.cache.clone(),
+            denied: self.denied.clone(),
             metrics: self.metrics.clone(),
         });
         let store = self.store.clone();
@@ -216,6 +219,12 @@ impl KeyService {
 
     pub fn cache(&self) -> &Arc<KeyCache> {
         &self.cache
+    }
+
+    /// Returns the ids of access tokens revoked before they expired, as the feed reports
+    /// them.
+    pub fn denied_tokens(&self) -> &Arc<DenyList> {
+        &self.denied
     }
 
     pub fn store(&self) -> &Arc<dyn KeyStore> {

@@ -61,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/clients/{id}/secrets", post(clients::add_secret))
         .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route("/oauth/revoke", post(oauth::revoke))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

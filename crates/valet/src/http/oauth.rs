@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use crate::oauth::service::OAuthError;
+use crate::oauth::service::{Caller, Introspection, OAuthError};
 
 /// An RFC 6749 section 5.2 error response.
 #[derive(Debug)]
@@ -46,6 +46,9 @@ impl OAuthErrorResponse {
             ),
             OAuthError::InvalidScope(text) => (StatusCode::BAD_REQUEST, "invalid_scope", text),
             OAuthError::InvalidTarget(text) => (StatusCode::BAD_REQUEST, "invalid_target", text),
+            OAuthError::UnauthorizedClient(text) => {
+                (StatusCode::BAD_REQUEST, "unauthorized_client", text)
+            }
             OAuthError::UnsupportedGrantType => (
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -302,6 +305,138 @@ pub async fn token(
     Ok(response)
 }
 
+/// Authenticates the caller of the introspection or revocation endpoint: a client by any
+/// method the token endpoint accepts, or `Authorization: Bearer` with an `admin` key.
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Caller, OAuthErrorResponse> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes())
+        .filter(|bytes| bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer "));
+    let Some(bearer) = bearer else {
+        let credentials = client_credentials(headers, form)?;
+        let basic = credentials.basic;
+        let client = state
+            .oauth
+            .authenticate(&credentials.client_id, &credentials.secret)
+            .await
+            .map_err(|err| OAuthErrorResponse::from_error(err, basic))?;
+        return Ok(Caller::Client(client));
+    };
+
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1
+        || form.get("client_secret").is_some()
+    {
+        return Err(OAuthErrorResponse::invalid_request(
+            "use one authentication method: a Bearer admin key or the client's credentials",
+        ));
+    }
+    let invalid = || OAuthErrorResponse {
+        status: StatusCode::UNAUTHORIZED,
+        error: "invalid_client",
+        description: "the bearer key is not a valid key with scope admin".into(),
+        basic_challenge: false,
+    };
+    let token = std::str::from_utf8(&bearer[7..]).map_err(|_| invalid())?.trim();
+    let verification = state
+        .service
+        .verify(token, &crate::model::Scopes::default())
+        .await
+        .map_err(|err| OAuthErrorResponse::from_error(err.into(), false))?;
+    let is_admin = verification.code == crate::service::VerifyCode::Valid
+        && verification
+            .key
+            .is_some_and(|key| key.scopes.iter().any(|s| s == super::ADMIN_SCOPE));
+    if !is_admin {
+        return Err(invalid());
+    }
+    Ok(Caller::Admin)
+}
+
+/// `POST /oauth/introspect` (RFC 7662): `active` and the claims of a valid access token or
+/// API key, and `{"active": false}` alone for anything else.
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthErrorResponse> {
+    let form = Form::parse(&headers, &body)?;
+    caller(&state, &headers, &form).await?;
+    let Some(token) = form.get("token") else {
+        return Err(OAuthErrorResponse::invalid_request("the token parameter is missing"));
+    };
+
+    let introspection = state
+        .oauth
+        .introspect(token)
+        .await
+        .map_err(|err| OAuthErrorResponse::from_error(err, false))?;
+    let body = match introspection {
+        Introspection::Inactive => json!({ "active": false }),
+        Introspection::AccessToken(claims) => json!({
+            "active": true,
+            "token_type": "Bearer",
+            "scope": claims.scope,
+            "client_id": claims.client_id,
+            "sub": claims.sub,
+            "aud": claims.aud,
+            "iss": claims.iss,
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "jti": claims.jti,
+        }),
+        Introspection::ApiKey(key) => {
+            let mut body = json!({
+                "active": true,
+                "token_type": "api_key",
+                "scope": key.scopes.join(" "),
+                "sub": key.id.to_string(),
+                "key_id": key.id.to_string(),
+                "env": key.env.as_str(),
+                "iat": key.created_at.unix_timestamp(),
+            });
+            if let Some(owner) = &key.owner {
+                body["owner"] = json!(owner);
+            }
+            if let Some(client_id) = &key.client_id {
+                body["client_id"] = json!(client_id);
+            }
+            if let Some(expires_at) = key.expires_at {
+                body["exp"] = json!(expires_at.unix_timestamp());
+            }
+            body
+        }
+    };
+    let mut response = Json(body).into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+/// `POST /oauth/revoke` (RFC 7009): revokes an access token or an API key, and answers 200
+/// for a token it does not know.
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthErrorResponse> {
+    let form = Form::parse(&headers, &body)?;
+    let caller = caller(&state, &headers, &form).await?;
+    let Some(token) = form.get("token") else {
+        return Err(OAuthErrorResponse::invalid_request("the token parameter is missing"));
+    };
+    state
+        .oauth
+        .revoke(&caller, token)
+        .await
+        .map_err(|err| OAuthErrorResponse::from_error(err, false))?;
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
 /// `GET /.well-known/jwks.json`: the public keys that verify access tokens.
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.oauth.jwks()).into_response();
@@ -323,5 +458,9 @@ pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> 
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
     }))
 }

@@ -33,6 +33,8 @@ pub enum OAuthError {
     InvalidTarget(String),
     #[error("the grant type is not supported: use client_credentials")]
     UnsupportedGrantType,
+    #[error("{0}")]
+    UnauthorizedClient(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error(transparent)]
@@ -82,6 +84,36 @@ pub struct IssuedToken {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: String,
+}
+
+/// The claims of an access token this server signed, once verified.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct VerifiedToken {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+}
+
+/// Who calls the introspection or revocation endpoint.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// A key with scope `admin`, which may act on any token.
+    Admin,
+    /// An authenticated client, which may revoke only what was issued to it.
+    Client(ClientRecord),
+}
+
+/// Result of introspecting a token (RFC 7662 section 2.2).
+#[derive(Debug)]
+pub enum Introspection {
+    Inactive,
+    AccessToken(VerifiedToken),
+    ApiKey(crate::model::KeyRecord),
 }
 
 #[derive(Serialize)]
@@ -358,6 +390,103 @@ impl OAuthService {
             expires_in: client.token_lifetime_seconds,
             scope,
         })
+    }
+}
+
+impl OAuthService {
+    /// Verifies an access token this server signed: signature against a published key,
+    /// `typ` `at+jwt`, issuer and expiry. Returns `None` for anything else.
+    pub fn decode_access_token(&self, token: &str) -> Option<VerifiedToken> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some("at+jwt") {
+            return None;
+        }
+        let kid = header.kid?;
+        let key = self
+            .signing_keys
+            .read()
+            .expect("signing key lock")
+            .iter()
+            .find(|key| key.kid == kid)
+            .cloned()?;
+        if key.jwt_algorithm() != header.alg {
+            return None;
+        }
+        let decoding = key.decoding_key()?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        jsonwebtoken::decode::<VerifiedToken>(token, &decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
+    /// Returns whether the token id `jti` was revoked: from memory while the change feed is
+    /// connected, else from the store.
+    async fn is_revoked(&self, jti: &str) -> Result<bool, OAuthError> {
+        if self.keys.cache().is_trusted() {
+            return Ok(self.keys.denied_tokens().contains(jti));
+        }
+        Ok(self.keys.store().is_token_revoked(jti).await?)
+    }
+
+    /// Introspects an access token or a Valet API key (RFC 7662).
+    pub async fn introspect(&self, token: &str) -> Result<Introspection, OAuthError> {
+        if let Some(claims) = self.decode_access_token(token) {
+            if self.is_revoked(&claims.jti).await? {
+                return Ok(Introspection::Inactive);
+            }
+            return Ok(Introspection::AccessToken(claims));
+        }
+        let verification = self.keys.verify(token, &Scopes::default()).await?;
+        match (verification.code, verification.key) {
+            (VerifyCode::Valid, Some(key)) => Ok(Introspection::ApiKey(key)),
+            _ => Ok(Introspection::Inactive),
+        }
+    }
+
+    /// Revokes an access token or an API key (RFC 7009). Unknown, expired and malformed
+    /// tokens are accepted and change nothing.
+    pub async fn revoke(&self, caller: &Caller, token: &str) -> Result<(), OAuthError> {
+        if let Some(claims) = self.decode_access_token(token) {
+            if let Caller::Client(client) = caller
+                && client.id != claims.client_id
+            {
+                return Err(OAuthError::UnauthorizedClient(
+                    "this token was not issued to the client that asks to revoke it".into(),
+                ));
+            }
+            let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+                .map_err(|_| OAuthError::InvalidRequest("the token's exp is out of range".into()))?;
+            self.keys
+                .store()
+                .revoke_token(&claims.jti, &claims.client_id, expires_at)
+                .await?;
+            self.keys.denied_tokens().insert(claims.jti.clone());
+            tracing::info!(client_id = %claims.client_id, jti = %claims.jti, "revoked access token");
+            return Ok(());
+        }
+
+        let Ok(parsed) = self.keys.format().parse(token) else {
+            return Ok(());
+        };
+        let Some(stored) = self.keys.store().find_key(&parsed.id()).await? else {
+            return Ok(());
+        };
+        if !stored.hash.matches(&parsed.hash()) {
+            return Ok(());
+        }
+        if let Caller::Client(client) = caller
+            && stored.record.client_id.as_deref() != Some(client.id.as_str())
+        {
+            return Err(OAuthError::UnauthorizedClient(
+                "this key was not issued to the client that asks to revoke it".into(),
+            ));
+        }
+        self.keys.revoke(&stored.record.id).await?;
+        Ok(())
     }
 }
 

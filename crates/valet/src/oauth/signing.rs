@@ -119,6 +119,19 @@ impl SigningKeyRecord {
         }
     }
 
+    /// Builds the jsonwebtoken key that verifies tokens signed with this record, from its
+    /// public JWK.
+    pub fn decoding_key(&self) -> Option<jsonwebtoken::DecodingKey> {
+        let x = self.public_jwk["x"].as_str()?;
+        match self.algorithm {
+            SigningAlgorithm::Es256 => {
+                let y = self.public_jwk["y"].as_str()?;
+                jsonwebtoken::DecodingKey::from_ec_components(x, y).ok()
+            }
+            SigningAlgorithm::EdDsa => jsonwebtoken::DecodingKey::from_ed_components(x).ok(),
+        }
+    }
+
     /// Returns the jsonwebtoken algorithm of this key.
     pub fn jwt_algorithm(&self) -> Algorithm {
         self.algorithm.jwt_algorithm()

@@ -132,6 +132,21 @@ impl KeyStore for CountingStore {
         self.inner.insert_signing_key(key).await
     }
 
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.metrics.store_query("revoke_token");
+        self.inner.revoke_token(jti, client_id, expires_at).await
+    }
+
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        self.metrics.store_query("is_token_revoked");
+        self.inner.is_token_revoked(jti).await
+    }
+
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, stop: watch::Receiver<bool>) {
         self.inner.follow_changes(sink, stop).await
     }

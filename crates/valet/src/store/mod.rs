@@ -178,14 +178,26 @@ pub struct KeyChange {
     pub changed_at: Option<OffsetDateTime>,
 }
 
+/// One event of the change feed.
+#[derive(Clone, Debug)]
+pub enum FeedEvent {
+    Key(KeyChange),
+    /// An access token was revoked before it expired.
+    TokenRevoked {
+        jti: String,
+        changed_at: Option<OffsetDateTime>,
+    },
+}
+
 /// Receiver of a store's change feed.
 pub trait ChangeSink: Send + Sync {
-    /// Starts a trusted period: the feed is connected and `ids` is every key id that
-    /// existed when it connected. Changes after that arrive through [`ChangeSink::apply`].
-    fn resync(&self, ids: Vec<KeyId>);
+    /// Starts a trusted period: the feed is connected, `ids` is every key id and
+    /// `revoked_jtis` every unexpired revoked token id that existed when it connected.
+    /// Changes after that arrive through [`ChangeSink::apply`].
+    fn resync(&self, ids: Vec<KeyId>, revoked_jtis: Vec<String>);
 
     /// Applies one change made by any node or process.
-    fn apply(&self, change: KeyChange);
+    fn apply(&self, event: FeedEvent);
 
     /// Ends the trusted period: changes may have been missed from now on.
     fn lost(&self, reason: &str);
@@ -290,6 +302,18 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Stores a new signing key.
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+
+    /// Records that the access token `jti`, issued to `client_id`, is revoked until it
+    /// expires at `expires_at`. Revoking it again changes nothing.
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Returns whether the access token `jti` is revoked.
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
     /// Feeds every change to a key, made by any node or process, to `sink` until `stop`
     /// changes. Reconnects by itself after a failure and then calls

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, FeedEvent, Cursor, FIRST_FEED_BACKOFF, KeyChange,
     KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
     redact_url, stored_key_from_row, wait_to_reconnect,
 };
@@ -87,7 +87,11 @@ impl PostgresStore {
             .iter()
             .map(|id| KeyId::parse(id).map_err(|_| corrupt(id, "id is not 8 base62 digits")))
             .collect::<Result<_, _>>()?;
-        sink.resync(ids);
+        let revoked: Vec<String> =
+            sqlx::query_scalar("SELECT jti FROM revoked_tokens WHERE expires_at > now()")
+                .fetch_all(&self.pool)
+                .await?;
+        sink.resync(ids, revoked);
 
         loop {
             let notification = tokio::select! {
@@ -110,24 +114,30 @@ impl PostgresStore {
     }
 }
 
-/// Parses `"<op> <schema> <id> <unix microseconds>"`; returns `None` for another schema or
-/// an unreadable payload.
-fn parse_notification(payload: &str, schema: &str) -> Option<KeyChange> {
+/// Parses `"<op> <schema> <id> <unix microseconds>"`, where op `T` names a revoked token
+/// id; returns `None` for another schema or an unreadable payload.
+fn parse_notification(payload: &str, schema: &str) -> Option<FeedEvent> {
     let mut parts = payload.split(' ');
-    let kind = ChangeKind::from_code(parts.next()?)?;
+    let op = parts.next()?;
     if parts.next()? != schema {
         return None;
     }
-    let id = KeyId::parse(parts.next()?).ok()?;
+    let id = parts.next()?;
     let changed_at = parts
         .next()
         .and_then(|m| m.parse().ok())
         .and_then(from_micros);
-    Some(KeyChange {
-        id,
-        kind,
+    if op == "T" {
+        return Some(FeedEvent::TokenRevoked {
+            jti: id.to_owned(),
+            changed_at,
+        });
+    }
+    Some(FeedEvent::Key(KeyChange {
+        id: KeyId::parse(id).ok()?,
+        kind: ChangeKind::from_code(op)?,
         changed_at,
-    })
+    }))
 }
 
 #[async_trait]
@@ -445,6 +455,32 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, client_id, expires_at, revoked_at)
+             VALUES ($1, $2, $3, now()) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(client_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_FEED_BACKOFF;
         loop {
@@ -543,10 +579,16 @@ mod tests {
 
     #[test]
     fn notification_parses_own_schema_only() {
-        let change = parse_notification("U public AAAAAAAA 1700000000000000", "public").unwrap();
+        let Some(FeedEvent::Key(change)) =
+            parse_notification("U public AAAAAAAA 1700000000000000", "public")
+        else {
+            panic!("expected a key change");
+        };
         assert_eq!(change.kind, ChangeKind::Updated);
         assert_eq!(change.id.as_str(), "AAAAAAAA");
         assert!(change.changed_at.is_some());
+        let revoked = parse_notification("T public abc123 1700000000000000", "public");
+        assert!(matches!(revoked, Some(FeedEvent::TokenRevoked { ref jti, .. }) if jti == "abc123"));
         assert!(parse_notification("U other AAAAAAAA 1", "public").is_none());
         assert!(parse_notification("X public AAAAAAAA 1", "public").is_none());
         assert!(parse_notification("garbage", "public").is_none());

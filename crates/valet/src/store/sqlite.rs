@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, KeyChange,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, FeedEvent, Cursor, FIRST_FEED_BACKOFF, KeyChange,
     KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
     stored_key_from_row, wait_to_reconnect,
 };
@@ -98,8 +98,9 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// Reads the newest change number and every key id in one snapshot.
-    async fn snapshot_ids(&self) -> Result<(i64, Vec<KeyId>), StoreError> {
+    /// Reads the newest change number, every key id and every unexpired revoked token id
+    /// in one snapshot.
+    async fn snapshot_ids(&self) -> Result<(i64, Vec<KeyId>, Vec<String>), StoreError> {
         let mut tx = self.pool.begin().await?;
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
             .fetch_one(&mut *tx)
@@ -107,16 +108,21 @@ impl SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM api_keys")
             .fetch_all(&mut *tx)
             .await?;
+        let revoked: Vec<String> =
+            sqlx::query_scalar("SELECT jti FROM revoked_tokens WHERE expires_at > ?")
+                .bind(to_micros(crate::model::now()))
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         let ids = ids
             .iter()
             .map(|id| KeyId::parse(id).map_err(|_| corrupt(id, "id is not 8 base62 digits")))
             .collect::<Result<_, _>>()?;
-        Ok((last, ids))
+        Ok((last, ids, revoked))
     }
 
     /// Reads changes numbered after `after`, oldest first.
-    async fn changes_after(&self, after: i64) -> Result<Vec<(i64, KeyChange)>, StoreError> {
+    async fn changes_after(&self, after: i64) -> Result<Vec<(i64, FeedEvent)>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, key_id, op, changed_at FROM key_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
         )
@@ -129,15 +135,24 @@ impl SqliteStore {
             let id: String = row.try_get("key_id")?;
             let op: String = row.try_get("op")?;
             let changed_at: i64 = row.try_get("changed_at")?;
+            let changed_at = from_micros(changed_at);
+            if let Some(jti) = id.strip_prefix("t:") {
+                let event = FeedEvent::TokenRevoked {
+                    jti: jti.to_owned(),
+                    changed_at,
+                };
+                changes.push((seq, event));
+                continue;
+            }
             let (Ok(id), Some(kind)) = (KeyId::parse(&id), ChangeKind::from_code(&op)) else {
                 return Err(corrupt(&id, "key_changes row is unreadable"));
             };
             let change = KeyChange {
                 id,
                 kind,
-                changed_at: from_micros(changed_at),
+                changed_at,
             };
-            changes.push((seq, change));
+            changes.push((seq, FeedEvent::Key(change)));
         }
         Ok(changes)
     }
@@ -150,8 +165,8 @@ impl SqliteStore {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, StoreError> {
         sink.query_sent("snapshot_ids");
-        let (mut last, ids) = self.snapshot_ids().await?;
-        sink.resync(ids);
+        let (mut last, ids, revoked) = self.snapshot_ids().await?;
+        sink.resync(ids, revoked);
         let mut last_prune = std::time::Instant::now();
         loop {
             tokio::select! {
@@ -521,6 +536,33 @@ impl KeyStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, client_id, expires_at, revoked_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(client_id)
+        .bind(to_micros(expires_at))
+        .bind(to_micros(crate::model::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = ?")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn follow_changes(&self, sink: Arc<dyn ChangeSink>, mut stop: watch::Receiver<bool>) {

@@ -21,6 +21,8 @@ on_each_backend!(
     unknown_wrong_and_deleted_clients_look_alike,
     rolled_secret_works_through_grace,
     client_management_round_trip,
+    introspection_reports_tokens_and_keys,
+    revocation_denies_token_until_expiry,
 );
 
 const AUDIENCE: &str = "https://orders.example";
@@ -451,4 +453,168 @@ async fn oauth2_crate_reports_invalid_client() {
         panic!("expected an OAuth error response, got {result:?}");
     };
     assert_eq!(*error.error(), BasicErrorResponseType::InvalidClient);
+}
+
+/// Sends a form to an OAuth endpoint as the client (Basic) or with a Bearer key.
+async fn form_request(app: &TestApp, path: &str, auth: Auth<'_>, body: &str) -> (u16, Value) {
+    let mut request = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    request = match auth {
+        Auth::Basic(id, secret) => request.basic_auth(id, Some(secret)),
+        Auth::Bearer(key) => request.bearer_auth(key),
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+enum Auth<'a> {
+    Basic(&'a str, &'a str),
+    Bearer(&'a str),
+}
+
+fn form_value(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+async fn issue(app: &TestApp, id: &str, secret: &str) -> String {
+    let (status, _, body) =
+        token_request(app, Some((id, secret)), "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "token: {body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn introspection_reports_tokens_and_keys(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let token = issue(&app, id, secret).await;
+
+    let body = format!("token={}", form_value(&token));
+    let (status, as_client) =
+        form_request(&app, "/oauth/introspect", Auth::Basic(id, secret), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(as_client["active"], true);
+    assert_eq!(as_client["client_id"], id);
+    assert_eq!(as_client["scope"], "orders:read orders:write");
+    assert_eq!(as_client["aud"], AUDIENCE);
+    assert_eq!(as_client["iss"], app.address);
+    let (_, as_admin) = form_request(
+        &app,
+        "/oauth/introspect",
+        Auth::Bearer(&app.admin_key),
+        &body,
+    )
+    .await;
+    assert_eq!(as_admin, as_client, "admin keys may introspect too");
+
+    let worker = app.create_simple("worker", &["orders:read"]).await;
+    let key_body = format!("token={}", form_value(worker["key"].as_str().unwrap()));
+    let (_, key) = form_request(
+        &app,
+        "/oauth/introspect",
+        Auth::Basic(id, secret),
+        &key_body,
+    )
+    .await;
+    assert_eq!(key["active"], true);
+    assert_eq!(key["token_type"], "api_key");
+    assert_eq!(key["scope"], "orders:read");
+    assert_eq!(key["key_id"], worker["id"]);
+
+    let mut forged = token.clone();
+    forged.pop();
+    for inactive in ["garbage", "vk_live_x", forged.as_str()] {
+        let body = format!("token={}", form_value(inactive));
+        let (status, answer) =
+            form_request(&app, "/oauth/introspect", Auth::Basic(id, secret), &body).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            answer,
+            json!({"active": false}),
+            "{inactive} must be inactive and bare"
+        );
+    }
+
+    let (status, error) =
+        form_request(&app, "/oauth/introspect", Auth::Basic(id, "wrong"), &body).await;
+    assert_eq!(status, 401, "introspection needs an authenticated caller");
+    assert_eq!(error["error"], "invalid_client");
+    let worker_key = worker["key"].as_str().unwrap();
+    let (status, _) =
+        form_request(&app, "/oauth/introspect", Auth::Bearer(worker_key), &body).await;
+    assert_eq!(status, 401, "a key without scope admin may not introspect");
+}
+
+async fn revocation_denies_token_until_expiry(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let other = create_client(&app).await;
+    let other_id = other["client_id"].as_str().unwrap();
+    let other_secret = other["client_secret"].as_str().unwrap();
+    let token = issue(&app, id, secret).await;
+    let body = format!("token={}", form_value(&token));
+
+    let (status, error) = form_request(
+        &app,
+        "/oauth/revoke",
+        Auth::Basic(other_id, other_secret),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 400, "another client may not revoke it");
+    assert_eq!(error["error"], "unauthorized_client");
+
+    let (status, _) = form_request(&app, "/oauth/revoke", Auth::Basic(id, secret), &body).await;
+    assert_eq!(status, 200);
+    let (_, answer) = form_request(&app, "/oauth/introspect", Auth::Basic(id, secret), &body).await;
+    assert_eq!(
+        answer,
+        json!({"active": false}),
+        "a revoked token is inactive"
+    );
+    let (status, _) = form_request(&app, "/oauth/revoke", Auth::Basic(id, secret), &body).await;
+    assert_eq!(status, 200, "revoking twice is fine");
+
+    let unknown = "token=not-a-token-at-all";
+    let (status, _) = form_request(&app, "/oauth/revoke", Auth::Basic(id, secret), unknown).await;
+    assert_eq!(status, 200, "unknown tokens get 200");
+
+    let worker = app.create_simple("worker", &[]).await;
+    let key_body = format!("token={}", form_value(worker["key"].as_str().unwrap()));
+    let (status, error) =
+        form_request(&app, "/oauth/revoke", Auth::Basic(id, secret), &key_body).await;
+    assert_eq!(
+        status, 400,
+        "a client may not revoke a key it does not own: {error}"
+    );
+    let (status, _) = form_request(
+        &app,
+        "/oauth/revoke",
+        Auth::Bearer(&app.admin_key),
+        &key_body,
+    )
+    .await;
+    assert_eq!(status, 200, "an admin key may revoke any key");
+    assert_eq!(
+        app.verify(worker["key"].as_str().unwrap(), &[]).await["code"],
+        "REVOKED"
+    );
+
+    let (status, error) = form_request(
+        &app,
+        "/oauth/revoke",
+        Auth::Basic(id, secret),
+        "token=a&token=b",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"], "invalid_request", "repeated parameters");
 }
