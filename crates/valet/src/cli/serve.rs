@@ -13,7 +13,12 @@ use tokio::sync::watch;
 
 use crate::http::{self, AppState};
 use crate::oauth::service::OAuthService;
+use crate::oauth::signing::SigningAlgorithm;
 use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
+
+/// How often the signing keys are reread from the store. A rotation's delay should be
+/// longer than this, so every node publishes the new key before any node signs with it.
+const SIGNING_KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often failed verifications are summarised in the log.
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
@@ -28,6 +33,10 @@ pub struct ServeArgs {
     /// this server, without a trailing slash. Default: http:// and the listen address.
     #[arg(long, env = "VALET_ISSUER", value_parser = parse_issuer)]
     pub issuer: Option<String>,
+
+    /// Algorithm of the token signing key created on the first start: ES256 or EdDSA.
+    #[arg(long, env = "VALET_SIGNING_ALGORITHM", default_value = "ES256")]
+    pub signing_algorithm: SigningAlgorithm,
 
     /// Maximum number of verified keys kept in memory.
     #[arg(long, env = "VALET_CACHE_CAPACITY", default_value_t = 100_000)]
@@ -118,9 +127,10 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://{local}"));
     let oauth = Arc::new(OAuthService::new(service.clone(), issuer.clone()));
     oauth
-        .ensure_signing_key()
+        .ensure_signing_key(args.signing_algorithm)
         .await
         .context("could not load or create the token signing key")?;
+    let reloader = tokio::spawn(reload_signing_keys(oauth.clone(), stop_tx.subscribe()));
     tracing::info!(issuer = %issuer, "OAuth issuer");
     let state = AppState {
         service: service.clone(),
@@ -132,6 +142,7 @@ pub async fn run(
     let _ = flusher.await;
     let _ = reporter.await;
     let _ = feed.await;
+    let _ = reloader.await;
     tracing::info!("valet stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -206,6 +217,22 @@ async fn report_failed_verifications(service: Arc<KeyService>, mut stop: watch::
             );
         }
         previous = current;
+    }
+}
+
+/// Rereads the signing keys every [`SIGNING_KEY_RELOAD_INTERVAL`], so a rotation made on
+/// another node or with the CLI is published and used here too.
+async fn reload_signing_keys(oauth: Arc<OAuthService>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(SIGNING_KEY_RELOAD_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(err) = oauth.reload_signing_keys().await {
+            tracing::warn!(error = %err, "could not reload signing keys; keeping the loaded ones");
+        }
     }
 }
 

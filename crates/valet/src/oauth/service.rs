@@ -149,17 +149,47 @@ impl OAuthService {
         &self.issuer
     }
 
-    /// Loads the signing keys, and creates an ES256 key when none can sign yet.
-    pub async fn ensure_signing_key(&self) -> Result<(), OAuthError> {
+    /// Loads the signing keys, and creates a key of `algorithm` when none can sign yet.
+    pub async fn ensure_signing_key(&self, algorithm: SigningAlgorithm) -> Result<(), OAuthError> {
         self.reload_signing_keys().await?;
         if self.current_signing_key().is_some() {
             return Ok(());
         }
         let now = model::now();
-        let key = SigningKeyRecord::generate(SigningAlgorithm::Es256, now, now)?;
+        let key = SigningKeyRecord::generate(algorithm, now, now)?;
         self.keys.store().insert_signing_key(&key).await?;
         tracing::info!(kid = %key.kid, algorithm = key.algorithm.as_str(), "created signing key");
         self.reload_signing_keys().await
+    }
+
+    /// Publishes a new signing key now, signs with it from `delay` on, and retires every
+    /// older key once the last token it can have signed has expired.
+    ///
+    /// Resource servers that fetch the JWK set during `delay` know the new key before any
+    /// token carries it. An older key signs until the new one takes over, and its tokens
+    /// live at most [`client::MAX_TOKEN_LIFETIME_SECONDS`] longer, so it stays published
+    /// until then.
+    pub async fn rotate_signing_key(
+        &self,
+        algorithm: SigningAlgorithm,
+        delay: time::Duration,
+    ) -> Result<SigningKeyRecord, OAuthError> {
+        let now = model::now();
+        let signs_from = now + delay;
+        let key = SigningKeyRecord::generate(algorithm, now, signs_from)?;
+        let retire_at = signs_from + time::Duration::seconds(client::MAX_TOKEN_LIFETIME_SECONDS);
+        self.keys
+            .store()
+            .rotate_signing_key(&key, retire_at)
+            .await?;
+        tracing::info!(
+            kid = %key.kid,
+            algorithm = key.algorithm.as_str(),
+            signs_from = %signs_from,
+            "rotated signing key"
+        );
+        self.reload_signing_keys().await?;
+        Ok(key)
     }
 
     /// Reads the published signing keys from the store.

@@ -42,11 +42,19 @@ impl SigningAlgorithm {
         }
     }
 
-    fn jwt_algorithm(self) -> Algorithm {
+    pub(crate) fn jwt_algorithm(self) -> Algorithm {
         match self {
             Self::Es256 => Algorithm::ES256,
             Self::EdDsa => Algorithm::EdDSA,
         }
+    }
+}
+
+impl std::str::FromStr for SigningAlgorithm {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text).ok_or_else(|| format!("unknown signing algorithm {text:?}: use ES256 or EdDSA"))
     }
 }
 

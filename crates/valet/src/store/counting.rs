@@ -132,6 +132,15 @@ impl KeyStore for CountingStore {
         self.inner.insert_signing_key(key).await
     }
 
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.metrics.store_query("rotate_signing_key");
+        self.inner.rotate_signing_key(key, retire_at).await
+    }
+
     async fn revoke_token(
         &self,
         jti: &str,

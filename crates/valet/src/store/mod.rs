@@ -303,6 +303,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Stores a new signing key.
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
 
+    /// In one transaction, stores `key` and sets `retired_at` of every other unretired
+    /// key to `retire_at`.
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
     /// Records that the access token `jti`, issued to `client_id`, is revoked until it
     /// expires at `expires_at`. Revoking it again changes nothing.
     async fn revoke_token(

@@ -438,20 +438,21 @@ impl KeyStore for PostgresStore {
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys
-                 (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&key.kid)
-        .bind(key.algorithm.as_str())
-        .bind(key.private_key.as_slice())
-        .bind(Json(&key.public_jwk))
-        .bind(key.created_at)
-        .bind(key.signs_from)
-        .bind(key.retired_at)
-        .execute(&self.pool)
-        .await?;
+        insert_signing_key(&self.pool, key).await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+            .bind(retire_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_signing_key(&mut *tx, key).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -520,6 +521,28 @@ impl<'q> BindInsert<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgA
             .bind(key.expires_at)
             .bind(key.client_id.as_deref())
     }
+}
+
+
+async fn insert_signing_key(
+    executor: impl sqlx::PgExecutor<'_>,
+    key: &SigningKeyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signing_keys
+             (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&key.kid)
+    .bind(key.algorithm.as_str())
+    .bind(key.private_key.as_slice())
+    .bind(Json(&key.public_jwk))
+    .bind(key.created_at)
+    .bind(key.signs_from)
+    .bind(key.retired_at)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 fn corrupt(id: &str, reason: impl Into<String>) -> StoreError {

@@ -521,20 +521,21 @@ impl KeyStore for SqliteStore {
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys
-                 (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.kid)
-        .bind(key.algorithm.as_str())
-        .bind(key.private_key.as_slice())
-        .bind(key.public_jwk.to_string())
-        .bind(to_micros(key.created_at))
-        .bind(to_micros(key.signs_from))
-        .bind(key.retired_at.map(to_micros))
-        .execute(&self.pool)
-        .await?;
+        insert_signing_key(&self.pool, key).await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(to_micros(retire_at))
+            .execute(&mut *tx)
+            .await?;
+        insert_signing_key(&mut *tx, key).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -609,6 +610,28 @@ async fn insert(
 
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("scopes and metadata serialize to JSON")
+}
+
+
+async fn insert_signing_key(
+    executor: impl sqlx::SqliteExecutor<'_>,
+    key: &SigningKeyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signing_keys
+             (kid, algorithm, private_key, public_jwk, created_at, signs_from, retired_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.kid)
+    .bind(key.algorithm.as_str())
+    .bind(key.private_key.as_slice())
+    .bind(key.public_jwk.to_string())
+    .bind(to_micros(key.created_at))
+    .bind(to_micros(key.signs_from))
+    .bind(key.retired_at.map(to_micros))
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 fn corrupt(id: &str, reason: impl Into<String>) -> StoreError {

@@ -187,6 +187,7 @@ pub struct TestApp {
     pub client: Client,
     pub admin_key: String,
     pub service: Arc<KeyService>,
+    pub oauth: Arc<OAuthService>,
     /// Keeps the store; it is removed when the app is dropped.
     store: TestStore,
     /// Stops the change feed when dropped.
@@ -225,10 +226,13 @@ pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let oauth = Arc::new(OAuthService::new(service.clone(), address.clone()));
-    oauth.ensure_signing_key().await.expect("signing key");
+    oauth
+        .ensure_signing_key(valet::oauth::signing::SigningAlgorithm::Es256)
+        .await
+        .expect("signing key");
     let state = AppState {
         service: service.clone(),
-        oauth,
+        oauth: oauth.clone(),
     };
     tokio::spawn(http::serve(listener, state, std::future::pending()));
 
@@ -237,6 +241,7 @@ pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) 
         client: Client::new(),
         admin_key: admin.raw.expose().to_owned(),
         service,
+        oauth: oauth.clone(),
         store: test_store,
         _stop: stop,
     }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use jwt_simple::prelude::{
-    ECDSAP256PublicKeyLike, ES256PublicKey, NoCustomClaims, VerificationOptions,
+    ECDSAP256PublicKeyLike, ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, NoCustomClaims,
+    VerificationOptions,
 };
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl};
@@ -23,6 +24,7 @@ on_each_backend!(
     client_management_round_trip,
     introspection_reports_tokens_and_keys,
     revocation_denies_token_until_expiry,
+    rotation_keeps_old_tokens_verifiable,
 );
 
 const AUDIENCE: &str = "https://orders.example";
@@ -617,4 +619,102 @@ async fn revocation_denies_token_until_expiry(backend: Backend) {
     .await;
     assert_eq!(status, 400);
     assert_eq!(error["error"], "invalid_request", "repeated parameters");
+}
+
+async fn jwks(app: &TestApp) -> Value {
+    app.client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    jwt_simple::token::Token::decode_metadata(token)
+        .unwrap()
+        .key_id()
+        .unwrap()
+        .to_owned()
+}
+
+async fn rotation_keeps_old_tokens_verifiable(backend: Backend) {
+    use valet::oauth::signing::SigningAlgorithm;
+
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let old_token = issue(&app, id, secret).await;
+    let old_kid = kid_of(&old_token);
+
+    // A delayed rotation publishes the new key at once but does not sign with it yet.
+    let delayed = app
+        .oauth
+        .rotate_signing_key(SigningAlgorithm::EdDsa, time::Duration::minutes(10))
+        .await
+        .unwrap();
+    let published = jwks(&app).await;
+    assert!(
+        published["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == delayed.kid),
+        "the new key is published before it signs"
+    );
+    assert_eq!(
+        kid_of(&issue(&app, id, secret).await),
+        old_kid,
+        "the old key still signs"
+    );
+
+    // An immediate rotation signs with the new key from now on.
+    let current = app
+        .oauth
+        .rotate_signing_key(SigningAlgorithm::EdDsa, time::Duration::ZERO)
+        .await
+        .unwrap();
+    let new_token = issue(&app, id, secret).await;
+    assert_eq!(kid_of(&new_token), current.kid);
+    let new_metadata = jwt_simple::token::Token::decode_metadata(&new_token).unwrap();
+    assert_eq!(new_metadata.algorithm(), "EdDSA");
+
+    let published = jwks(&app).await;
+    let keys = published["keys"].as_array().unwrap();
+    assert!(
+        keys.iter().any(|k| k["kid"] == old_kid),
+        "the old key stays published"
+    );
+    jwks_key(&app, &old_kid)
+        .await
+        .verify_token::<NoCustomClaims>(&old_token, None)
+        .expect("a token signed before the rotation still verifies");
+
+    let jwk = keys
+        .iter()
+        .find(|k| k["kid"] == current.kid.as_str())
+        .unwrap();
+    assert_eq!(jwk["kty"], "OKP");
+    assert!(jwk.get("d").is_none(), "no private key published");
+    use base64::Engine;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap();
+    Ed25519PublicKey::from_bytes(&x)
+        .unwrap()
+        .verify_token::<NoCustomClaims>(&new_token, None)
+        .expect("the EdDSA token verifies against its JWK");
+
+    for token in [&old_token, &new_token] {
+        let body = format!("token={}", form_value(token));
+        let (_, answer) =
+            form_request(&app, "/oauth/introspect", Auth::Basic(id, secret), &body).await;
+        assert_eq!(
+            answer["active"], true,
+            "both tokens are active after the rotation"
+        );
+    }
 }
