@@ -1,7 +1,8 @@
 //! The JSON objects of the public interface, shared by the HTTP API and `--json` CLI output.
 //!
 //! Domain types convert into these in one place, so a field cannot leak into a response by
-//! accident. Only [`CreatedKeyObject`] carries a raw key.
+//! accident. Only [`CreatedKeyObject`] and [`SecretObject`] (also inside
+//! [`CreatedClientObject`]) carry a raw key.
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -9,8 +10,10 @@ use time::OffsetDateTime;
 
 use crate::key::{KeyEnv, RawKey};
 use crate::model::KeyRecord;
+use crate::oauth::client::ClientRecord;
+use crate::oauth::service::CreatedClient;
 use crate::service::{CreatedKey, RolledKey, Verification, VerifyCode};
-use crate::store::KeyPage;
+use crate::store::{Cursor, KeyPage};
 
 /// A key as clients see it: never the raw key, never its hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -127,6 +130,100 @@ impl From<Verification> for VerifyObject {
             code: verification.code,
             key: verification.key.map(KeyObject::from),
             message: verification.message,
+        }
+    }
+}
+
+/// A client as the API shows it, with the field names of RFC 7591 where one exists.
+#[derive(Debug, Serialize)]
+pub struct ClientObject {
+    pub client_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub default_audience: Option<String>,
+    pub token_lifetime_seconds: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Unix seconds, as RFC 7591 section 3.2.1 writes it.
+    pub client_id_issued_at: i64,
+    /// Public JWK set for `private_key_jwt`, if registered.
+    pub jwks: Option<serde_json::Value>,
+}
+
+impl From<ClientRecord> for ClientObject {
+    fn from(client: ClientRecord) -> Self {
+        Self {
+            client_id_issued_at: client.created_at.unix_timestamp(),
+            client_id: client.id,
+            name: client.name,
+            owner: client.owner,
+            scopes: client.scopes,
+            audiences: client.audiences,
+            default_audience: client.default_audience,
+            token_lifetime_seconds: client.token_lifetime_seconds,
+            created_at: client.created_at,
+            jwks: client.jwks,
+        }
+    }
+}
+
+/// A client secret in the one response that shows it.
+#[derive(Debug, Serialize)]
+pub struct SecretObject {
+    #[serde(serialize_with = "serialize_raw_key")]
+    pub client_secret: RawKey,
+    /// The API key id of the secret, for rolling or revoking it under `/v1/keys`.
+    pub client_secret_key_id: String,
+    /// 0 when the secret does not expire, as RFC 7591 section 3.2.1 writes it.
+    pub client_secret_expires_at: i64,
+}
+
+impl From<CreatedKey> for SecretObject {
+    fn from(created: CreatedKey) -> Self {
+        Self {
+            client_secret_key_id: created.record.id.to_string(),
+            client_secret_expires_at: created
+                .record
+                .expires_at
+                .map_or(0, |at| at.unix_timestamp()),
+            client_secret: created.raw,
+        }
+    }
+}
+
+/// A new client and its first secret, in the one response that creates them.
+#[derive(Debug, Serialize)]
+pub struct CreatedClientObject {
+    #[serde(flatten)]
+    pub client: ClientObject,
+    #[serde(flatten)]
+    pub secret: SecretObject,
+}
+
+impl From<CreatedClient> for CreatedClientObject {
+    fn from(created: CreatedClient) -> Self {
+        Self {
+            client: created.client.into(),
+            secret: created.secret.into(),
+        }
+    }
+}
+
+/// One page of the client list.
+#[derive(Debug, Serialize)]
+pub struct ClientListObject {
+    pub clients: Vec<ClientObject>,
+    pub next_cursor: Option<String>,
+}
+
+impl ClientListObject {
+    /// Builds a page from the clients the store returned and the cursor after them.
+    pub fn from_page(clients: Vec<ClientRecord>, next: Option<Cursor>) -> Self {
+        Self {
+            clients: clients.into_iter().map(ClientObject::from).collect(),
+            next_cursor: next.map(|cursor| cursor.encode()),
         }
     }
 }

@@ -206,9 +206,7 @@ impl ChangeSink for CacheSync {
             FeedEvent::Key(change) => {
                 match change.kind {
                     ChangeKind::Inserted => self.cache.add_issued(&change.id),
-                    ChangeKind::Updated | ChangeKind::Deleted => {
-                        self.cache.invalidate(&change.id)
-                    }
+                    ChangeKind::Updated | ChangeKind::Deleted => self.cache.invalidate(&change.id),
                 }
                 change.changed_at
             }

@@ -1,5 +1,7 @@
-//! The `valet` command line: `serve`, and `keys` subcommands that work on the store directly.
+//! The `valet` command line: `serve`, and `keys` and `clients` subcommands that work on the
+//! store directly.
 
+mod clients;
 mod keys;
 mod serve;
 mod table;
@@ -10,11 +12,17 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::key::{KeyFormat, KeyPrefix};
+use crate::oauth::service::OAuthService;
 use crate::service::{CacheConfig, KeyService};
 use crate::store;
 
 /// Exit code for a command that failed.
 const EXIT_FAILURE: u8 = 1;
+
+/// Issuer given to the `OAuthService` of `valet clients`. Those commands never issue a
+/// token or load a signing key, so this value appears in no token. It is a URN rather than
+/// a URL, so nothing can mistake it for a host to reach.
+const CLI_ISSUER: &str = "urn:valet:cli:no-tokens-issued";
 
 /// Valet: API keys for machine-to-machine traffic.
 #[derive(Debug, Parser)]
@@ -46,15 +54,23 @@ pub enum Command {
     /// Manage keys directly in the store, without the HTTP API.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage OAuth clients directly in the store, without the HTTP API.
+    ///
+    /// A client secret is an API key bound to its client: roll or revoke one with
+    /// `valet keys roll KEY_ID` or `valet keys revoke KEY_ID`, where KEY_ID is the
+    /// secret's `client_secret_key_id`.
+    #[command(subcommand)]
+    Clients(clients::ClientsCommand),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Key commands print results for a person; their progress logs would be noise.
+    // Key and client commands print results for a person; their progress logs would be
+    // noise.
     let default_filter = match cli.command {
         Command::Serve(_) => crate::telemetry::DEFAULT_FILTER,
-        Command::Keys(_) => "warn",
+        Command::Keys(_) | Command::Clients(_) => "warn",
     };
     crate::telemetry::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -97,6 +113,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let service =
                 open_service(&database_url, create, format, CacheConfig::default()).await?;
             let result = keys::run(&service, command).await;
+            service.store().close().await;
+            result
+        }
+        Command::Clients(command) => {
+            // As with keys, only `clients create` may start a new store.
+            let create = matches!(command, clients::ClientsCommand::Create(_));
+            let service =
+                open_service(&database_url, create, format, CacheConfig::default()).await?;
+            // No `ensure_signing_key` here: managing clients needs no signing key, and the
+            // server creates the first one when it starts.
+            let oauth = OAuthService::new(service.clone(), CLI_ISSUER.to_owned());
+            let prefix = service.format().prefix().as_str();
+            let result = clients::run(&oauth, prefix, command).await;
             service.store().close().await;
             result
         }

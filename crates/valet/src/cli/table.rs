@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::api::KeyObject;
+use crate::api::{ClientObject, KeyObject, SecretObject};
 
 /// Formats rows under headers, padding each column to its widest cell.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -76,6 +76,113 @@ pub fn key_detail(key: &KeyObject) -> String {
     out
 }
 
+/// One table row per client: the columns an operator scans first.
+pub fn client_rows(clients: &[ClientObject]) -> String {
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|client| {
+            vec![
+                client.client_id.clone(),
+                client.name.clone(),
+                client.owner.clone().unwrap_or_else(|| "-".into()),
+                list_text(&client.scopes),
+                list_text(&client.audiences),
+                client.token_lifetime_seconds.to_string(),
+                time_text(Some(client.created_at)),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "CLIENT ID",
+            "NAME",
+            "OWNER",
+            "SCOPES",
+            "AUDIENCES",
+            "LIFETIME",
+            "CREATED",
+        ],
+        &rows,
+    )
+}
+
+/// Every field of one client, one per line, labelled with its JSON name.
+pub fn client_detail(client: &ClientObject) -> String {
+    detail(&client_fields(client))
+}
+
+/// A client and its first secret, the secret on the last line.
+pub fn created_client_detail(client: &ClientObject, secret: &SecretObject) -> String {
+    let mut fields = client_fields(client);
+    fields.extend(secret_fields(secret));
+    detail(&fields)
+}
+
+/// A new secret of the client `client_id`, the secret on the last line.
+pub fn secret_detail(client_id: &str, secret: &SecretObject) -> String {
+    let mut fields = vec![("client_id", client_id.to_owned())];
+    fields.extend(secret_fields(secret));
+    detail(&fields)
+}
+
+fn client_fields(client: &ClientObject) -> Vec<(&'static str, String)> {
+    vec![
+        ("client_id", client.client_id.clone()),
+        ("name", client.name.clone()),
+        ("owner", client.owner.clone().unwrap_or_else(|| "-".into())),
+        ("scopes", list_text(&client.scopes)),
+        ("audiences", list_text(&client.audiences)),
+        (
+            "default_audience",
+            client
+                .default_audience
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "token_lifetime_seconds",
+            client.token_lifetime_seconds.to_string(),
+        ),
+        ("created_at", time_text(Some(client.created_at))),
+    ]
+}
+
+/// The secret's fields; `client_secret_expires_at` is 0 in JSON for no expiry, shown as `-`.
+fn secret_fields(secret: &SecretObject) -> Vec<(&'static str, String)> {
+    let expires_at = match secret.client_secret_expires_at {
+        0 => None,
+        seconds => OffsetDateTime::from_unix_timestamp(seconds).ok(),
+    };
+    vec![
+        ("client_secret_key_id", secret.client_secret_key_id.clone()),
+        ("client_secret_expires_at", time_text(expires_at)),
+        ("client_secret", secret.client_secret.expose().to_owned()),
+    ]
+}
+
+/// Formats labelled values one per line, each value starting in the same column.
+fn detail(fields: &[(&str, String)]) -> String {
+    let width = fields
+        .iter()
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or_default();
+    let mut out = String::new();
+    for (label, value) in fields {
+        out.push_str(&format!("{label:<width$} {value}\n"));
+    }
+    out
+}
+
+/// Joins list items with spaces, or `-` for an empty list.
+fn list_text(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(" ")
+    }
+}
+
 fn status(key: &KeyObject) -> &'static str {
     let now = OffsetDateTime::now_utc();
     if key.revoked_at.is_some() {
@@ -102,5 +209,17 @@ mod tests {
     fn render_pads_columns() {
         let rows = vec![vec!["a".to_owned(), "long value".to_owned()]];
         assert_eq!(render(&["ID", "NAME"], &rows), "ID  NAME\na   long value\n");
+    }
+
+    #[test]
+    fn detail_aligns_values() {
+        let fields = [("id", "a".to_owned()), ("long_label", "b".to_owned())];
+        assert_eq!(detail(&fields), "id         a\nlong_label b\n");
+    }
+
+    #[test]
+    fn list_text_marks_empty_list() {
+        assert_eq!(list_text(&[]), "-");
+        assert_eq!(list_text(&["a".to_owned(), "b".to_owned()]), "a b");
     }
 }

@@ -3,81 +3,17 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 
 use super::AppState;
 use super::auth::Admin;
 use super::extract::{ApiJson, OptionalJson};
 use super::problem::ApiError;
+use crate::api::{ClientListObject, ClientObject, CreatedClientObject, SecretObject};
 use crate::model::{InvalidField, KeyName, Owner, Scopes};
-use crate::oauth::client::{ClientRecord, check_audience, check_audiences};
+use crate::oauth::client::{check_audience, check_audiences, check_jwks};
 use crate::oauth::service::{ClientUpdate, NewClient, OAuthError};
-use crate::service::CreatedKey;
-
-/// A client as the API shows it, with the field names of RFC 7591 where one exists.
-#[derive(Debug, Serialize)]
-pub struct ClientObject {
-    client_id: String,
-    name: String,
-    owner: Option<String>,
-    scopes: Vec<String>,
-    audiences: Vec<String>,
-    default_audience: Option<String>,
-    token_lifetime_seconds: i64,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    /// Unix seconds, as RFC 7591 section 3.2.1 writes it.
-    client_id_issued_at: i64,
-}
-
-impl From<ClientRecord> for ClientObject {
-    fn from(client: ClientRecord) -> Self {
-        Self {
-            client_id_issued_at: client.created_at.unix_timestamp(),
-            client_id: client.id,
-            name: client.name,
-            owner: client.owner,
-            scopes: client.scopes,
-            audiences: client.audiences,
-            default_audience: client.default_audience,
-            token_lifetime_seconds: client.token_lifetime_seconds,
-            created_at: client.created_at,
-        }
-    }
-}
-
-/// A client secret in the one response that shows it.
-#[derive(Debug, Serialize)]
-pub struct SecretObject {
-    #[serde(serialize_with = "crate::api::serialize_raw_key")]
-    client_secret: crate::key::RawKey,
-    /// The API key id of the secret, for rolling or revoking it under `/v1/keys`.
-    client_secret_key_id: String,
-    /// 0 when the secret does not expire, as RFC 7591 section 3.2.1 writes it.
-    client_secret_expires_at: i64,
-}
-
-impl From<CreatedKey> for SecretObject {
-    fn from(created: CreatedKey) -> Self {
-        Self {
-            client_secret_key_id: created.record.id.to_string(),
-            client_secret_expires_at: created
-                .record
-                .expires_at
-                .map_or(0, |at| at.unix_timestamp()),
-            client_secret: created.raw,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct CreatedClientObject {
-    #[serde(flatten)]
-    client: ClientObject,
-    #[serde(flatten)]
-    secret: SecretObject,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +28,9 @@ pub struct CreateClientRequest {
     default_audience: Option<String>,
     #[serde(default)]
     token_lifetime_seconds: Option<i64>,
+    /// Public JWK set for `private_key_jwt`.
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
 }
 
 pub async fn create(
@@ -114,21 +53,15 @@ pub async fn create(
         audiences: check_audiences(&body.audiences).map_err(invalid)?,
         default_audience: body.default_audience,
         token_lifetime_seconds: body.token_lifetime_seconds,
+        jwks: body
+            .jwks
+            .as_ref()
+            .map(check_jwks)
+            .transpose()
+            .map_err(invalid)?,
     };
     let created = state.oauth.create_client(new).await.map_err(api_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedClientObject {
-            client: created.client.into(),
-            secret: created.secret.into(),
-        }),
-    ))
-}
-
-#[derive(Serialize)]
-pub struct ClientListObject {
-    clients: Vec<ClientObject>,
-    next_cursor: Option<String>,
+    Ok((StatusCode::CREATED, Json(created.into())))
 }
 
 #[derive(Deserialize)]
@@ -156,10 +89,7 @@ pub async fn list(
         .list_clients(limit, after)
         .await
         .map_err(api_error)?;
-    Ok(Json(ClientListObject {
-        clients: clients.into_iter().map(ClientObject::from).collect(),
-        next_cursor: next.map(|cursor| cursor.encode()),
-    }))
+    Ok(Json(ClientListObject::from_page(clients, next)))
 }
 
 pub async fn show(
@@ -186,6 +116,16 @@ pub struct UpdateClientRequest {
     default_audience: Option<Option<String>>,
     #[serde(default)]
     token_lifetime_seconds: Option<i64>,
+    /// `null` removes the JWK set.
+    #[serde(default, deserialize_with = "present_json")]
+    jwks: Option<Option<serde_json::Value>>,
+}
+
+/// Tells a JSON field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present_json<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<serde_json::Value>>, D::Error> {
+    Option::<serde_json::Value>::deserialize(deserializer).map(Some)
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
@@ -225,6 +165,11 @@ pub async fn update(
             .transpose()
             .map_err(invalid)?,
         default_audience: body.default_audience,
+        jwks: body
+            .jwks
+            .map(|jwks| jwks.as_ref().map(check_jwks).transpose())
+            .transpose()
+            .map_err(invalid)?,
         token_lifetime_seconds: body.token_lifetime_seconds,
     };
     let client = state

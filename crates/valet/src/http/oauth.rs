@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use crate::oauth::service::{Caller, Introspection, OAuthError};
+use crate::oauth::client::ClientRecord;
+use crate::oauth::service::{Caller, Introspection, JWT_BEARER_ASSERTION, OAuthError};
 
 /// An RFC 6749 section 5.2 error response.
 #[derive(Debug)]
@@ -150,11 +151,25 @@ impl Form {
     }
 }
 
-/// Client credentials from either `client_secret_basic` or `client_secret_post`.
-struct ClientCredentials {
-    client_id: String,
-    secret: zeroize::Zeroizing<String>,
-    basic: bool,
+/// Client credentials from `client_secret_basic`, `client_secret_post` or
+/// `private_key_jwt`.
+enum ClientCredentials {
+    Secret {
+        client_id: String,
+        secret: zeroize::Zeroizing<String>,
+        basic: bool,
+    },
+    Assertion {
+        client_id: Option<String>,
+        assertion: String,
+    },
+}
+
+impl ClientCredentials {
+    /// Returns whether the client used HTTP Basic, which shapes a 401's challenge.
+    fn basic(&self) -> bool {
+        matches!(self, Self::Secret { basic: true, .. })
+    }
 }
 
 /// Reads the client's credentials, rejecting two methods at once and a body `client_id`
@@ -166,17 +181,42 @@ fn client_credentials(
     let basic = basic_credentials(headers)?;
     let body_id = form.get("client_id");
     let body_secret = form.get("client_secret");
+    let assertion_type = form.get("client_assertion_type");
+    let assertion = form.get("client_assertion");
+    let methods = usize::from(basic.is_some())
+        + usize::from(body_secret.is_some())
+        + usize::from(assertion_type.is_some() || assertion.is_some());
+    if methods > 1 {
+        return Err(OAuthErrorResponse::invalid_request(
+            "use one client authentication method: Basic, client_secret or client_assertion",
+        ));
+    }
+
+    if assertion_type.is_some() || assertion.is_some() {
+        let (Some(assertion_type), Some(assertion)) = (assertion_type, assertion) else {
+            return Err(OAuthErrorResponse::invalid_request(
+                "send client_assertion_type and client_assertion together",
+            ));
+        };
+        if assertion_type != JWT_BEARER_ASSERTION {
+            return Err(OAuthErrorResponse::invalid_request(format!(
+                "client_assertion_type must be {JWT_BEARER_ASSERTION}"
+            )));
+        }
+        return Ok(ClientCredentials::Assertion {
+            client_id: body_id.map(str::to_owned),
+            assertion: assertion.to_owned(),
+        });
+    }
+
     match (basic, body_secret) {
-        (Some(_), Some(_)) => Err(OAuthErrorResponse::invalid_request(
-            "use one client authentication method, not both Basic and client_secret",
-        )),
-        (Some((id, secret)), None) => {
+        (Some((id, secret)), _) => {
             if body_id.is_some_and(|body_id| body_id != id) {
                 return Err(OAuthErrorResponse::invalid_request(
                     "the client_id in the body differs from the one in the Authorization header",
                 ));
             }
-            Ok(ClientCredentials {
+            Ok(ClientCredentials::Secret {
                 client_id: id,
                 secret,
                 basic: true,
@@ -188,7 +228,7 @@ fn client_credentials(
                     "client_secret was sent without client_id",
                 ));
             };
-            Ok(ClientCredentials {
+            Ok(ClientCredentials::Secret {
                 client_id: id.to_owned(),
                 secret: zeroize::Zeroizing::new(secret.to_owned()),
                 basic: false,
@@ -197,11 +237,34 @@ fn client_credentials(
         (None, None) => Err(OAuthErrorResponse {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_client",
-            description: "authenticate the client with HTTP Basic or client_id and client_secret"
-                .into(),
+            description:
+                "authenticate the client with HTTP Basic, client_secret or a client assertion"
+                    .into(),
             basic_challenge: true,
         }),
     }
+}
+
+/// Authenticates the client behind `credentials` with whichever method it used.
+async fn authenticate_client(
+    state: &AppState,
+    credentials: &ClientCredentials,
+) -> Result<ClientRecord, OAuthErrorResponse> {
+    let result = match credentials {
+        ClientCredentials::Secret {
+            client_id, secret, ..
+        } => state.oauth.authenticate(client_id, secret).await,
+        ClientCredentials::Assertion {
+            client_id,
+            assertion,
+        } => {
+            state
+                .oauth
+                .authenticate_assertion(client_id.as_deref(), assertion)
+                .await
+        }
+    };
+    result.map_err(|err| OAuthErrorResponse::from_error(err, credentials.basic()))
 }
 
 /// Decodes `Authorization: Basic`, whose id and secret are form-urlencoded before Base64
@@ -263,7 +326,7 @@ pub async fn token(
 ) -> Result<Response, OAuthErrorResponse> {
     let form = Form::parse(&headers, &body)?;
     let credentials = client_credentials(&headers, &form)?;
-    let basic = credentials.basic;
+    let basic = credentials.basic();
     let fail = |err: OAuthError| OAuthErrorResponse::from_error(err, basic);
 
     match form.get("grant_type") {
@@ -284,11 +347,7 @@ pub async fn token(
         (resource, audience) => resource.or(audience),
     };
 
-    let client = state
-        .oauth
-        .authenticate(&credentials.client_id, &credentials.secret)
-        .await
-        .map_err(fail)?;
+    let client = authenticate_client(&state, &credentials).await?;
     let issued = state
         .oauth
         .issue_token(&client, form.get("scope"), audience)
@@ -318,17 +377,13 @@ async fn caller(
         .filter(|bytes| bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer "));
     let Some(bearer) = bearer else {
         let credentials = client_credentials(headers, form)?;
-        let basic = credentials.basic;
-        let client = state
-            .oauth
-            .authenticate(&credentials.client_id, &credentials.secret)
-            .await
-            .map_err(|err| OAuthErrorResponse::from_error(err, basic))?;
+        let client = authenticate_client(state, &credentials).await?;
         return Ok(Caller::Client(client));
     };
 
     if headers.get_all(header::AUTHORIZATION).iter().count() > 1
         || form.get("client_secret").is_some()
+        || form.get("client_assertion").is_some()
     {
         return Err(OAuthErrorResponse::invalid_request(
             "use one authentication method: a Bearer admin key or the client's credentials",
@@ -340,7 +395,9 @@ async fn caller(
         description: "the bearer key is not a valid key with scope admin".into(),
         basic_challenge: false,
     };
-    let token = std::str::from_utf8(&bearer[7..]).map_err(|_| invalid())?.trim();
+    let token = std::str::from_utf8(&bearer[7..])
+        .map_err(|_| invalid())?
+        .trim();
     let verification = state
         .service
         .verify(token, &crate::model::Scopes::default())
@@ -366,7 +423,9 @@ pub async fn introspect(
     let form = Form::parse(&headers, &body)?;
     caller(&state, &headers, &form).await?;
     let Some(token) = form.get("token") else {
-        return Err(OAuthErrorResponse::invalid_request("the token parameter is missing"));
+        return Err(OAuthErrorResponse::invalid_request(
+            "the token parameter is missing",
+        ));
     };
 
     let introspection = state
@@ -425,7 +484,9 @@ pub async fn revoke(
     let form = Form::parse(&headers, &body)?;
     let caller = caller(&state, &headers, &form).await?;
     let Some(token) = form.get("token") else {
-        return Err(OAuthErrorResponse::invalid_request("the token parameter is missing"));
+        return Err(OAuthErrorResponse::invalid_request(
+            "the token parameter is missing",
+        ));
     };
     state
         .oauth
@@ -448,6 +509,15 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Client authentication methods that every endpoint accepting client authentication takes.
+const AUTH_METHODS: [&str; 3] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
+/// Signature algorithms accepted on client assertions.
+const ASSERTION_ALGORITHMS: [&str; 2] = ["ES256", "EdDSA"];
+
 /// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let issuer = state.oauth.issuer();
@@ -457,10 +527,13 @@ pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> 
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
     }))
 }

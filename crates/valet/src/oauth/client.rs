@@ -28,6 +28,8 @@ pub struct ClientRecord {
     pub default_audience: Option<String>,
     pub token_lifetime_seconds: i64,
     pub created_at: OffsetDateTime,
+    /// Public JWK set for `private_key_jwt` authentication, if the client uses it.
+    pub jwks: Option<serde_json::Value>,
 }
 
 /// Draws a new client id from the operating system's CSPRNG.
@@ -82,6 +84,47 @@ pub fn check_audience(field: &'static str, value: &str) -> Result<(), InvalidFie
         ));
     }
     Ok(())
+}
+
+/// Maximum number of keys in a client's JWK set.
+pub const MAX_CLIENT_KEYS: usize = 8;
+
+/// Checks a client's JWK set for `private_key_jwt`: an object with `keys`, each an ES256
+/// (EC P-256) or EdDSA (OKP Ed25519) public key that jsonwebtoken accepts, and no private
+/// key parameters.
+pub fn check_jwks(jwks: &serde_json::Value) -> Result<serde_json::Value, InvalidField> {
+    let invalid = |reason: &str| InvalidField::new("jwks", reason.to_owned());
+    let keys = jwks
+        .get("keys")
+        .and_then(|keys| keys.as_array())
+        .ok_or_else(|| invalid("must be a JWK set: an object with a `keys` array"))?;
+    if keys.is_empty() || keys.len() > MAX_CLIENT_KEYS {
+        return Err(invalid(&format!("must hold 1 to {MAX_CLIENT_KEYS} keys")));
+    }
+    for (index, key) in keys.iter().enumerate() {
+        if key.get("d").is_some() {
+            return Err(invalid(&format!(
+                "key {index} contains a private key (`d`); register only the public key"
+            )));
+        }
+        let kind = (key["kty"].as_str(), key["crv"].as_str());
+        if !matches!(
+            kind,
+            (Some("EC"), Some("P-256")) | (Some("OKP"), Some("Ed25519"))
+        ) {
+            return Err(invalid(&format!(
+                "key {index} must be an EC P-256 or OKP Ed25519 key"
+            )));
+        }
+        let parsed: Result<jsonwebtoken::jwk::Jwk, _> = serde_json::from_value(key.clone());
+        let usable = parsed
+            .ok()
+            .is_some_and(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).is_ok());
+        if !usable {
+            return Err(invalid(&format!("key {index} is not a valid public JWK")));
+        }
+    }
+    Ok(jwks.clone())
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct NewClient {
     pub audiences: Vec<String>,
     pub default_audience: Option<String>,
     pub token_lifetime_seconds: Option<i64>,
+    /// Public JWK set for `private_key_jwt`, already checked with [`check_jwks`].
+    pub jwks: Option<serde_json::Value>,
 }
 
 /// Fields to change on a client; `None` leaves a field as it is.
@@ -69,6 +71,8 @@ pub struct ClientUpdate {
     pub audiences: Option<Vec<String>>,
     pub default_audience: Option<Option<String>>,
     pub token_lifetime_seconds: Option<i64>,
+    /// `Some(None)` removes the JWK set.
+    pub jwks: Option<Option<serde_json::Value>>,
 }
 
 /// A client just created, with its first secret.
@@ -240,6 +244,7 @@ impl OAuthService {
             default_audience: new.default_audience,
             token_lifetime_seconds: lifetime,
             created_at: model::now(),
+            jwks: new.jwks,
         };
         self.keys.store().insert_client(&client).await?;
         let secret = self.add_secret(&client.id, None).await?;
@@ -292,6 +297,9 @@ impl OAuthService {
         }
         if let Some(default_audience) = update.default_audience {
             client.default_audience = default_audience;
+        }
+        if let Some(jwks) = update.jwks {
+            client.jwks = jwks;
         }
         if let Some(lifetime) = update.token_lifetime_seconds {
             client.token_lifetime_seconds =
@@ -488,8 +496,9 @@ impl OAuthService {
                     "this token was not issued to the client that asks to revoke it".into(),
                 ));
             }
-            let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
-                .map_err(|_| OAuthError::InvalidRequest("the token's exp is out of range".into()))?;
+            let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|_| {
+                OAuthError::InvalidRequest("the token's exp is out of range".into())
+            })?;
             self.keys
                 .store()
                 .revoke_token(&claims.jti, &claims.client_id, expires_at)
@@ -517,6 +526,109 @@ impl OAuthService {
         }
         self.keys.revoke(&stored.record.id).await?;
         Ok(())
+    }
+}
+
+/// The `client_assertion_type` of RFC 7523 section 2.2.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// How far in the future an assertion's `iat` or `nbf` may be, for clock skew.
+const ASSERTION_SKEW_SECONDS: i64 = 5;
+/// Longest lifetime an assertion may claim, which bounds how long its `jti` is kept.
+const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 3_600;
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    jti: String,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+}
+
+impl OAuthService {
+    /// Authenticates a client by a `private_key_jwt` assertion (RFC 7523 section 3): signed
+    /// by a key in the client's JWK set, `iss` and `sub` the client id, `aud` this issuer
+    /// or one of its endpoints, unexpired, no more than a few seconds early, and a `jti`
+    /// never seen before. Every failure is [`OAuthError::InvalidClient`].
+    pub async fn authenticate_assertion(
+        &self,
+        client_id: Option<&str>,
+        assertion: &str,
+    ) -> Result<ClientRecord, OAuthError> {
+        let header =
+            jsonwebtoken::decode_header(assertion).map_err(|_| OAuthError::InvalidClient)?;
+        if !matches!(
+            header.alg,
+            jsonwebtoken::Algorithm::ES256 | jsonwebtoken::Algorithm::EdDSA
+        ) {
+            return Err(OAuthError::InvalidClient);
+        }
+        // The issuer is read before the signature check only to find the client's keys.
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<AssertionClaims>(assertion)
+            .map_err(|_| OAuthError::InvalidClient)?
+            .claims;
+        if client_id.is_some_and(|id| id != unverified.iss) || !is_client_id(&unverified.iss) {
+            return Err(OAuthError::InvalidClient);
+        }
+        let client = self
+            .keys
+            .store()
+            .find_client(&unverified.iss)
+            .await?
+            .ok_or(OAuthError::InvalidClient)?;
+        let Some(jwks) = &client.jwks else {
+            return Err(OAuthError::InvalidClient);
+        };
+
+        let audiences = [
+            self.issuer.clone(),
+            format!("{}/oauth/token", self.issuer),
+            format!("{}/oauth/introspect", self.issuer),
+            format!("{}/oauth/revoke", self.issuer),
+        ];
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_audience(&audiences);
+        validation.set_issuer(&[&client.id]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = 0;
+        validation.validate_nbf = false;
+
+        let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+        let claims = keys
+            .iter()
+            .filter(|key| header.kid.is_none() || key["kid"].as_str() == header.kid.as_deref())
+            .filter_map(|key| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(key.clone()).ok())
+            .filter_map(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok())
+            .find_map(|key| {
+                jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation).ok()
+            })
+            .ok_or(OAuthError::InvalidClient)?
+            .claims;
+
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let early = [claims.iat, claims.nbf]
+            .into_iter()
+            .flatten()
+            .any(|at| at > now + ASSERTION_SKEW_SECONDS);
+        let too_long = claims.exp > now + MAX_ASSERTION_LIFETIME_SECONDS;
+        if claims.sub != client.id || early || too_long || claims.jti.is_empty() {
+            return Err(OAuthError::InvalidClient);
+        }
+        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+            .map_err(|_| OAuthError::InvalidClient)?;
+        if !self
+            .keys
+            .store()
+            .record_assertion(&client.id, &claims.jti, expires_at)
+            .await?
+        {
+            tracing::debug!(client_id = %client.id, "rejected a replayed client assertion");
+            return Err(OAuthError::InvalidClient);
+        }
+        Ok(client)
     }
 }
 

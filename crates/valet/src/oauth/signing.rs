@@ -54,7 +54,8 @@ impl std::str::FromStr for SigningAlgorithm {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::parse(text).ok_or_else(|| format!("unknown signing algorithm {text:?}: use ES256 or EdDSA"))
+        Self::parse(text)
+            .ok_or_else(|| format!("unknown signing algorithm {text:?}: use ES256 or EdDSA"))
     }
 }
 

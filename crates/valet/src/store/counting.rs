@@ -151,6 +151,18 @@ impl KeyStore for CountingStore {
         self.inner.revoke_token(jti, client_id, expires_at).await
     }
 
+    async fn record_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.metrics.store_query("record_assertion");
+        self.inner
+            .record_assertion(client_id, jti, expires_at)
+            .await
+    }
+
     async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         self.metrics.store_query("is_token_revoked");
         self.inner.is_token_revoked(jti).await

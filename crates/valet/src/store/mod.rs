@@ -320,6 +320,15 @@ pub trait KeyStore: Send + Sync + 'static {
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
+    /// Records the client assertion `jti` of `client_id` until `expires_at`; returns
+    /// `false` when it was recorded before, which makes the assertion a replay.
+    async fn record_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
     /// Returns whether the access token `jti` is revoked.
     async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
@@ -410,7 +419,7 @@ where
 
 /// Columns of `oauth_clients` that every read selects, in both backends.
 const CLIENT_COLUMNS: &str = "seq, id, name, owner, scopes, audiences, default_audience, \
-                              token_lifetime_seconds, created_at";
+                              token_lifetime_seconds, created_at, jwks";
 
 /// Turns rows of clients, newest first with one extra row, into a page.
 fn client_page<R>(

@@ -15,9 +15,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, FeedEvent, Cursor, FIRST_FEED_BACKOFF, KeyChange,
-    KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
-    redact_url, stored_key_from_row, wait_to_reconnect,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, FeedEvent,
+    KeyChange, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query,
+    page_from_rows, redact_url, stored_key_from_row, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyId};
 use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor, from_micros};
@@ -331,8 +331,8 @@ impl KeyStore for PostgresStore {
     async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO oauth_clients (id, name, owner, scopes, audiences, default_audience,
-                 token_lifetime_seconds, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 token_lifetime_seconds, created_at, jwks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&client.id)
         .bind(&client.name)
@@ -342,6 +342,7 @@ impl KeyStore for PostgresStore {
         .bind(client.default_audience.as_deref())
         .bind(client.token_lifetime_seconds as i32)
         .bind(client.created_at)
+        .bind(client.jwks.as_ref().map(Json))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -375,7 +376,7 @@ impl KeyStore for PostgresStore {
     async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE oauth_clients SET name = $2, owner = $3, scopes = $4, audiences = $5,
-                 default_audience = $6, token_lifetime_seconds = $7
+                 default_audience = $6, token_lifetime_seconds = $7, jwks = $8
              WHERE id = $1",
         )
         .bind(&client.id)
@@ -385,6 +386,7 @@ impl KeyStore for PostgresStore {
         .bind(&client.audiences)
         .bind(client.default_audience.as_deref())
         .bind(client.token_lifetime_seconds as i32)
+        .bind(client.jwks.as_ref().map(Json))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -474,6 +476,30 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
+    async fn record_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (client_id, jti) DO NOTHING",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM used_assertions WHERE expires_at < now()")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
     async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = $1")
             .bind(jti)
@@ -522,7 +548,6 @@ impl<'q> BindInsert<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgA
             .bind(key.client_id.as_deref())
     }
 }
-
 
 async fn insert_signing_key(
     executor: impl sqlx::PgExecutor<'_>,
@@ -593,6 +618,9 @@ fn read_client(row: &PgRow) -> Result<ClientRecord, StoreError> {
         default_audience: row.try_get("default_audience")?,
         token_lifetime_seconds: i64::from(lifetime),
         created_at: row.try_get("created_at")?,
+        jwks: row
+            .try_get::<Option<Json<serde_json::Value>>, _>("jwks")?
+            .map(|Json(jwks)| jwks),
     })
 }
 
@@ -611,7 +639,9 @@ mod tests {
         assert_eq!(change.id.as_str(), "AAAAAAAA");
         assert!(change.changed_at.is_some());
         let revoked = parse_notification("T public abc123 1700000000000000", "public");
-        assert!(matches!(revoked, Some(FeedEvent::TokenRevoked { ref jti, .. }) if jti == "abc123"));
+        assert!(
+            matches!(revoked, Some(FeedEvent::TokenRevoked { ref jti, .. }) if jti == "abc123")
+        );
         assert!(parse_notification("U other AAAAAAAA 1", "public").is_none());
         assert!(parse_notification("X public AAAAAAAA 1", "public").is_none());
         assert!(parse_notification("garbage", "public").is_none());

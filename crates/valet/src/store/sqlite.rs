@@ -16,9 +16,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{
-    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, FeedEvent, Cursor, FIRST_FEED_BACKOFF, KeyChange,
-    KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query, page_from_rows,
-    stored_key_from_row, wait_to_reconnect,
+    CLIENT_COLUMNS, COLUMNS, ChangeKind, ChangeSink, Cursor, FIRST_FEED_BACKOFF, FeedEvent,
+    KeyChange, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError, client_page, list_query,
+    page_from_rows, stored_key_from_row, wait_to_reconnect,
 };
 use crate::key::{KeyEnv, KeyId};
 use crate::model::{
@@ -406,8 +406,8 @@ impl KeyStore for SqliteStore {
     async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO oauth_clients (id, name, owner, scopes, audiences, default_audience,
-                 token_lifetime_seconds, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 token_lifetime_seconds, created_at, jwks)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&client.id)
         .bind(&client.name)
@@ -417,6 +417,7 @@ impl KeyStore for SqliteStore {
         .bind(client.default_audience.as_deref())
         .bind(client.token_lifetime_seconds)
         .bind(to_micros(client.created_at))
+        .bind(client.jwks.as_ref().map(|jwks| jwks.to_string()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -450,7 +451,7 @@ impl KeyStore for SqliteStore {
     async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE oauth_clients SET name = ?, owner = ?, scopes = ?, audiences = ?,
-                 default_audience = ?, token_lifetime_seconds = ?
+                 default_audience = ?, token_lifetime_seconds = ?, jwks = ?
              WHERE id = ?",
         )
         .bind(&client.name)
@@ -459,6 +460,7 @@ impl KeyStore for SqliteStore {
         .bind(json_text(&client.audiences))
         .bind(client.default_audience.as_deref())
         .bind(client.token_lifetime_seconds)
+        .bind(client.jwks.as_ref().map(|jwks| jwks.to_string()))
         .bind(&client.id)
         .execute(&self.pool)
         .await?
@@ -558,6 +560,31 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
+    async fn record_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES (?, ?, ?)
+             ON CONFLICT (client_id, jti) DO NOTHING",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .bind(to_micros(expires_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM used_assertions WHERE expires_at < ?")
+            .bind(to_micros(crate::model::now()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
     async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = ?")
             .bind(jti)
@@ -611,7 +638,6 @@ async fn insert(
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("scopes and metadata serialize to JSON")
 }
-
 
 async fn insert_signing_key(
     executor: impl sqlx::SqliteExecutor<'_>,
@@ -694,6 +720,10 @@ fn read_client(row: &SqliteRow) -> Result<ClientRecord, StoreError> {
         default_audience: row.try_get("default_audience")?,
         token_lifetime_seconds: row.try_get("token_lifetime_seconds")?,
         created_at: from_micros(created_at).ok_or_else(|| bad("created_at"))?,
+        jwks: row
+            .try_get::<Option<String>, _>("jwks")?
+            .map(|text| serde_json::from_str(&text).map_err(|_| bad("jwks")))
+            .transpose()?,
         id,
     })
 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use jwt_simple::prelude::{
-    ECDSAP256PublicKeyLike, ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, NoCustomClaims,
-    VerificationOptions,
+    Claims, Clock, ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair, ES256PublicKey,
+    Ed25519PublicKey, EdDSAPublicKeyLike, NoCustomClaims, VerificationOptions,
 };
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl};
@@ -25,6 +25,7 @@ on_each_backend!(
     introspection_reports_tokens_and_keys,
     revocation_denies_token_until_expiry,
     rotation_keeps_old_tokens_verifiable,
+    private_key_jwt_authenticates_clients,
 );
 
 const AUDIENCE: &str = "https://orders.example";
@@ -717,4 +718,169 @@ async fn rotation_keeps_old_tokens_verifiable(backend: Backend) {
             "both tokens are active after the rotation"
         );
     }
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Signs a client assertion with jwt-simple; `skew` moves `iat` and `nbf` into the future.
+fn assertion(
+    key: &ES256KeyPair,
+    client_id: &str,
+    audience: &str,
+    jti: &str,
+    lifetime_seconds: u64,
+    skew_seconds: u64,
+) -> String {
+    let mut claims = Claims::create(jwt_simple::prelude::Duration::from_secs(lifetime_seconds))
+        .with_issuer(client_id)
+        .with_subject(client_id)
+        .with_audience(audience)
+        .with_jwt_id(jti);
+    let future = Clock::now_since_epoch() + jwt_simple::prelude::Duration::from_secs(skew_seconds);
+    claims.issued_at = Some(future);
+    claims.invalid_before = Some(future);
+    key.sign(claims).unwrap()
+}
+
+async fn private_key_jwt_authenticates_clients(backend: Backend) {
+    use base64::Engine;
+    let app = spawn_app(backend).await;
+    let key = ES256KeyPair::generate().with_key_id("client-key-1");
+    let point = key.public_key().public_key().to_bytes_uncompressed();
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "kid": "client-key-1", "alg": "ES256",
+        "x": encode(&point[1..33]), "y": encode(&point[33..65]),
+    });
+    let client = app
+        .admin_json(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({
+                "name": "jwt client", "scopes": ["orders:read"],
+                "audiences": [AUDIENCE], "default_audience": AUDIENCE,
+                "jwks": {"keys": [jwk]}
+            })),
+        )
+        .await;
+    let id = client["client_id"].as_str().unwrap();
+    assert_eq!(client["jwks"]["keys"][0]["kid"], "client-key-1");
+    let token_url = app.url("/oauth/token");
+
+    let send = |assertion: String| {
+        let body = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={}",
+            form_value(ASSERTION_TYPE),
+            assertion
+        );
+        let app = &app;
+        async move { token_request(app, None, &body).await }
+    };
+
+    let valid = assertion(&key, id, &token_url, "jti-1", 60, 0);
+    let (status, _, body) = send(valid.clone()).await;
+    assert_eq!(status, 200, "a valid assertion gets a token: {body}");
+    assert_eq!(body["scope"], "orders:read");
+
+    let (status, _, body) = send(valid).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "replayed jti"
+    );
+
+    let skewed = assertion(&key, id, &token_url, "jti-2", 60, 3);
+    let (status, _, body) = send(skewed).await;
+    assert_eq!(status, 200, "a few seconds of skew are tolerated: {body}");
+
+    let cases = [
+        (
+            "wrong audience",
+            assertion(&key, id, "https://elsewhere.example", "jti-3", 60, 0),
+        ),
+        (
+            "far-future iat",
+            assertion(&key, id, &token_url, "jti-4", 600, 120),
+        ),
+        (
+            "issuer URL as audience works",
+            assertion(&key, id, &app.address, "jti-5", 60, 0),
+        ),
+        (
+            "unknown client",
+            assertion(&key, "AAAAAAAAAAAAAAAA", &token_url, "jti-6", 60, 0),
+        ),
+        (
+            "other key",
+            assertion(
+                &ES256KeyPair::generate().with_key_id("client-key-1"),
+                id,
+                &token_url,
+                "jti-7",
+                60,
+                0,
+            ),
+        ),
+    ];
+    for (name, assertion) in cases {
+        let (status, _, body) = send(assertion).await;
+        if name.ends_with("works") {
+            assert_eq!(status, 200, "{name}: {body}");
+        } else {
+            assert_eq!(status, 401, "{name}: {body}");
+            assert_eq!(body["error"], "invalid_client", "{name}");
+        }
+    }
+
+    let mut expired_claims = Claims::create(jwt_simple::prelude::Duration::from_secs(1))
+        .with_issuer(id)
+        .with_subject(id)
+        .with_audience(&token_url)
+        .with_jwt_id("jti-8");
+    let past = Clock::now_since_epoch() - jwt_simple::prelude::Duration::from_secs(120);
+    expired_claims.issued_at = Some(past);
+    expired_claims.invalid_before = Some(past);
+    expired_claims.expires_at = Some(past + jwt_simple::prelude::Duration::from_secs(60));
+    let (status, _, body) = send(key.sign(expired_claims).unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "expired exp"
+    );
+
+    let both = format!(
+        "grant_type=client_credentials&client_id={id}&client_secret=x&client_assertion_type={}&client_assertion={}",
+        form_value(ASSERTION_TYPE),
+        assertion(&key, id, &token_url, "jti-9", 60, 0)
+    );
+    let (status, _, body) = token_request(&app, None, &both).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "two methods"
+    );
+
+    // The same method authenticates at the introspection endpoint.
+    let introspect_url = app.url("/oauth/introspect");
+    let token = {
+        let (_, _, body) = send(assertion(&key, id, &token_url, "jti-10", 60, 0)).await;
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let body = format!(
+        "token={}&client_assertion_type={}&client_assertion={}",
+        form_value(&token),
+        form_value(ASSERTION_TYPE),
+        assertion(&key, id, &introspect_url, "jti-11", 60, 0)
+    );
+    let response = app
+        .client
+        .post(&introspect_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["active"], true);
 }
