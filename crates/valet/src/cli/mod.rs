@@ -4,6 +4,7 @@
 mod clients;
 mod keys;
 mod serve;
+mod signing;
 mod table;
 
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ pub enum Command {
     /// secret's `client_secret_key_id`.
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Manage the keys that sign access tokens, directly in the store.
+    #[command(subcommand)]
+    SigningKeys(signing::SigningKeysCommand),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -70,7 +74,7 @@ pub fn main() -> ExitCode {
     // noise.
     let default_filter = match cli.command {
         Command::Serve(_) => crate::telemetry::DEFAULT_FILTER,
-        Command::Keys(_) | Command::Clients(_) => "warn",
+        Command::Keys(_) | Command::Clients(_) | Command::SigningKeys(_) => "warn",
     };
     crate::telemetry::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +130,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let oauth = OAuthService::new(service.clone(), CLI_ISSUER.to_owned());
             let prefix = service.format().prefix().as_str();
             let result = clients::run(&oauth, prefix, command).await;
+            service.store().close().await;
+            result
+        }
+        Command::SigningKeys(command) => {
+            let service =
+                open_service(&database_url, false, format, CacheConfig::default()).await?;
+            let result = signing::run(service.clone(), command).await;
             service.store().close().await;
             result
         }

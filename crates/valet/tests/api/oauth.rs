@@ -884,3 +884,69 @@ async fn private_key_jwt_authenticates_clients(backend: Backend) {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["active"], true);
 }
+
+#[tokio::test]
+async fn signing_keys_rotate_command_takes_effect() {
+    use crate::process::{Server, Store};
+
+    let store = Store::new();
+    let admin = store.create("admin", &["--scope", "admin"]);
+    let admin_key = admin["key"].as_str().unwrap();
+    let rotated = store.json(&["signing-keys", "rotate", "--delay-seconds", "0", "--json"]);
+    let kid = rotated["kid"].as_str().unwrap();
+    assert!(
+        rotated["public_jwk"].get("d").is_none(),
+        "no private key printed"
+    );
+
+    let server = Server::start(&store, "info").await;
+    let http = reqwest::Client::new();
+    let client: Value = http
+        .post(format!("{}/v1/clients", server.address))
+        .bearer_auth(admin_key)
+        .json(&json!({"name": "c", "scopes": [], "audiences": ["a"], "default_audience": "a"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token: Value = http
+        .post(format!("{}/oauth/token", server.address))
+        .basic_auth(
+            client["client_id"].as_str().unwrap(),
+            client["client_secret"].as_str(),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kid_of(token["access_token"].as_str().unwrap()), kid);
+    let jwks: Value = http
+        .get(format!("{}/.well-known/jwks.json", server.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid)
+    );
+    let log = server.stderr();
+    assert!(
+        !log.contains(client["client_secret"].as_str().unwrap()),
+        "secret logged"
+    );
+    assert!(
+        !log.contains(token["access_token"].as_str().unwrap()),
+        "token logged"
+    );
+}

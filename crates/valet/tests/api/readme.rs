@@ -1,4 +1,5 @@
-//! Runs the README walkthrough, exactly as written, against a real `valet serve`.
+//! Runs the walkthroughs of the README and the OAuth guide, exactly as written, against a
+//! real `valet serve`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,7 @@ use serde_json::Value;
 use crate::helpers::valet_bin;
 
 const README: &str = include_str!("../../../../README.md");
+const OAUTH_GUIDE: &str = include_str!("../../../../docs/oauth.md");
 const DOCUMENTED_ADDRESS: &str = "127.0.0.1:8080";
 
 /// Kills the server when the test ends, pass or fail.
@@ -21,12 +23,12 @@ impl Drop for ServerGuard {
     }
 }
 
-/// Returns the `sh` blocks of the walkthrough section, in order.
-fn walkthrough_blocks() -> Vec<String> {
-    let section = README
-        .split("\n## Walkthrough\n")
+/// Returns the `sh` blocks of the section under `heading` in `document`, in order.
+fn walkthrough_blocks(document: &str, heading: &str) -> Vec<String> {
+    let section = document
+        .split(&format!("\n## {heading}\n"))
         .nth(1)
-        .expect("README has a Walkthrough section");
+        .unwrap_or_else(|| panic!("document has a `{heading}` section"));
     let section = section.split("\n## ").next().unwrap();
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
@@ -97,7 +99,7 @@ fn start_server(dir: &std::path::Path, address: &str) -> (ServerGuard, String) {
 
 #[test]
 fn readme_walkthrough_runs_as_written() {
-    let blocks = walkthrough_blocks();
+    let blocks = walkthrough_blocks(README, "Walkthrough");
     assert!(blocks.len() >= 5, "walkthrough has its blocks: {blocks:?}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -151,5 +153,53 @@ fn readme_walkthrough_runs_as_written() {
             .iter()
             .any(|value| value["successor_id"].is_string()),
         "the old key names its successor:\n{stdout}"
+    );
+}
+
+#[test]
+fn oauth_guide_walkthrough_runs_as_written() {
+    let blocks = walkthrough_blocks(OAUTH_GUIDE, "Walkthrough with curl");
+    assert!(blocks.len() >= 3, "walkthrough has its blocks: {blocks:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let (_server, admin_key) = start_server(dir.path(), &address);
+    let script: String = blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .map(|line| line.replace(DOCUMENTED_ADDRESS, &address) + "\n")
+        .collect();
+
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("VALET_ADMIN_KEY", &admin_key)
+        .current_dir(dir.path())
+        .output()
+        .expect("run bash; the walkthrough needs bash, curl and jq");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
+
+    let printed: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|err| panic!("walkthrough printed non-JSON ({err}):\n{stdout}"));
+    let token = printed
+        .iter()
+        .find(|value| value.get("access_token").is_some())
+        .expect("a token response");
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["scope"], "orders:read");
+    let active: Vec<&Value> = printed
+        .iter()
+        .filter_map(|value| value.get("active"))
+        .collect();
+    assert_eq!(
+        active,
+        [&Value::Bool(true), &Value::Bool(false)],
+        "introspect, revoke, introspect"
     );
 }
