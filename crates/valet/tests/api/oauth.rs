@@ -26,6 +26,7 @@ on_each_backend!(
     revocation_denies_token_until_expiry,
     rotation_keeps_old_tokens_verifiable,
     private_key_jwt_authenticates_clients,
+    every_endpoint_rejects_ambiguous_requests,
 );
 
 const AUDIENCE: &str = "https://orders.example";
@@ -191,22 +192,10 @@ type BasicAuth<'a> = Option<(&'a str, &'a str)>;
 /// Sends a raw token request and returns status, headers and JSON body.
 async fn token_request(
     app: &TestApp,
-    basic: Option<(&str, &str)>,
+    basic: BasicAuth<'_>,
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = app
-        .client
-        .post(app.url("/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned());
-    if let Some((id, secret)) = basic {
-        request = request.basic_auth(id, Some(secret));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body: Value = response.json().await.unwrap();
-    (status, headers, body)
+    token_request_to(app, "/oauth/token", basic, body).await
 }
 
 async fn token_errors_follow_rfc6749(backend: Backend) {
@@ -949,4 +938,73 @@ async fn signing_keys_rotate_command_takes_effect() {
         !log.contains(token["access_token"].as_str().unwrap()),
         "token logged"
     );
+}
+
+async fn every_endpoint_rejects_ambiguous_requests(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let id = client["client_id"].as_str().unwrap();
+    let secret = client["client_secret"].as_str().unwrap();
+    let encoded = form_value(secret);
+
+    for (path, base) in [
+        ("/oauth/token", "grant_type=client_credentials"),
+        ("/oauth/introspect", "token=x"),
+        ("/oauth/revoke", "token=x"),
+    ] {
+        let cases = [
+            (
+                "repeated parameter",
+                Some((id, secret)),
+                format!("{base}&{base}"),
+            ),
+            (
+                "Basic and client_secret",
+                Some((id, secret)),
+                format!("{base}&client_id={id}&client_secret={encoded}"),
+            ),
+            (
+                "client_id differs from Basic",
+                Some((id, secret)),
+                format!("{base}&client_id=AAAAAAAAAAAAAAAA"),
+            ),
+        ];
+        for (name, basic, body) in cases {
+            let (status, headers, json) = token_request_to(&app, path, basic, &body).await;
+            assert_eq!(status, 400, "{path}, {name}: {json}");
+            assert_eq!(json["error"], "invalid_request", "{path}, {name}");
+            assert_eq!(headers["cache-control"], "no-store", "{path}, {name}");
+            assert_eq!(headers["pragma"], "no-cache", "{path}, {name}");
+        }
+
+        let post = format!("{base}&client_id={id}&client_secret={encoded}");
+        let (status, _, json) = token_request_to(&app, path, None, &post).await;
+        assert_eq!(status, 200, "{path} accepts client_secret_post: {json}");
+    }
+}
+
+/// Sends a form to `path` as [`token_request`] does for the token endpoint.
+async fn token_request_to(
+    app: &TestApp,
+    path: &str,
+    basic: BasicAuth<'_>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
