@@ -11,6 +11,9 @@ import process from 'node:process';
 
 import Provider, { errors } from 'oidc-provider';
 
+// CLIENT_ID, RESOURCE and TOKEN_TTL_SECONDS must match OIDC_CLIENT_ID, AUDIENCE and
+// TOKEN_LIFETIME_SECONDS in bench/src/bin/tokens.rs, which gives Valet's client the same
+// audience and token lifetime.
 const CLIENT_ID = 'bench-client';
 const SCOPES = 'orders:read orders:write';
 // A resource indicator (RFC 8707) is an absolute URI. This one names the benchmark's API

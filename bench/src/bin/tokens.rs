@@ -5,18 +5,19 @@
 //! Usage: `tokens VALET_BINARY NODE OIDC_SERVER_SCRIPT [--seconds N] [--concurrency N]
 //! [--server-cpus LIST] [--only valet|oidc-provider]`.
 //!
-//! The servers run one after the other on 127.0.0.1, each alone. Each gets the same
-//! closed-loop load: `--concurrency` keep-alive connections, each with one request in flight,
-//! first for a warm-up and then for a measured window of `--seconds`. Every response is
-//! checked: only a 200 whose JSON body holds a Bearer JWT counts as issued. With
-//! `--server-cpus`, each server runs under `taskset -c LIST`; pin this program elsewhere
-//! (bench/run uses `taskset -c 0`) so that the load generator does not compete with it.
+//! Both servers listen on 127.0.0.1, but only one is under load at a time. Each gets the same
+//! closed-loop load: `--concurrency` keep-alive connections, each with one request in flight.
+//! Each server is warmed up, then the `--seconds` of measurement are split into windows of
+//! at most 2 s that the servers take in turn. Every response is checked, and only a 200 whose
+//! JSON body contains a Bearer JWT counts. With `--server-cpus`, each server runs under
+//! `taskset -c LIST`. Pin this program to other CPUs (bench/run uses `taskset -c 0`), so that
+//! the load generator does not compete with the servers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -25,17 +26,29 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use valet_bench::{free_port, machine, quantile};
 
-/// Load before each measured window, so that caches, connection pools and Node's JIT are warm.
+/// Load on each server before any measurement, so that caches, connection pools and Node's
+/// JIT compiler are warm.
 const WARM_UP: Duration = Duration::from_secs(3);
-/// The longest measured window; with the warm-up, no server gets more than 20 s of load.
+/// The longest measured time per server. With the warm-up, no server gets more than 20 s of
+/// load.
 const MAX_SECONDS: u64 = 17;
-/// Requests per phase at most, whatever the duration, so a run stays bounded in count too.
-const MAX_REQUESTS: u64 = 2_000_000;
+/// The longest measured window. The measured time is split into windows of at most this
+/// length, taken by the servers in turn.
+const WINDOW_SECONDS: u64 = 2;
+/// Requests per window or warm-up at most, whatever its length, so that a run stays bounded
+/// in count too.
+const MAX_REQUESTS: u64 = 400_000;
 /// The same form body for both servers (RFC 6749, section 4.4.2).
 const FORM_BODY: &str = "grant_type=client_credentials&scope=orders%3Aread";
 const CLIENT_SCOPES: [&str; 2] = ["orders:read", "orders:write"];
 /// Must match `CLIENT_ID` in bench/oidc-provider/server.js.
 const OIDC_CLIENT_ID: &str = "bench-client";
+/// The audience of every token. It must match `RESOURCE` in bench/oidc-provider/server.js.
+/// Each server's client has it as its default, so the token request need not name it.
+const AUDIENCE: &str = "urn:valet:bench:orders";
+/// The lifetime of every token. It must match `TOKEN_TTL_SECONDS` in
+/// bench/oidc-provider/server.js.
+const TOKEN_LIFETIME_SECONDS: u64 = 3600;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[tokio::main]
@@ -54,18 +67,37 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(options: &Options, work_dir: &Path) -> anyhow::Result<()> {
-    let mut results = Vec::new();
+    let mut servers = Vec::new();
     if options.only.as_deref() != Some("oidc-provider") {
-        let (server, target) = start_valet(options, work_dir).await?;
-        results.push(measure(options, server, target).await?);
+        servers.push(start_valet(options, work_dir).await?);
     }
     if options.only.as_deref() != Some("valet") {
-        let (server, target) = start_oidc_provider(options, work_dir).await?;
-        results.push(measure(options, server, target).await?);
+        servers.push(start_oidc_provider(options, work_dir).await?);
+    }
+    let mut contenders = Vec::new();
+    for (server, target) in servers {
+        contenders.push(Contender::prepare(options, server, target).await?);
     }
 
-    print_report(options, &results);
-    let failed: u64 = results.iter().map(|result| result.load.failures()).sum();
+    // Short windows taken in turn spread the machine's other load over both servers alike.
+    // They also keep each server's idle gap below its keep-alive timeout (5 s in Node.js).
+    let rounds = options.seconds.div_ceil(WINDOW_SECONDS);
+    let window = Duration::from_secs(options.seconds) / rounds as u32;
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}: {window:?} per server");
+        for contender in &mut contenders {
+            contender.measure_window(window).await?;
+        }
+    }
+    for contender in &mut contenders {
+        contender.finish().await;
+    }
+
+    print_report(options, &contenders);
+    let failed: u64 = contenders
+        .iter()
+        .map(|contender| contender.load.failures())
+        .sum();
     if failed > 0 {
         bail!("{failed} responses were not a 200 with a token; the figures above are not valid");
     }
@@ -229,17 +261,7 @@ impl Server {
         }
     }
 
-    /// Returns the CPU time, user and system, that the process has used so far.
-    fn cpu_time(&self) -> Option<Duration> {
-        process_cpu_time(&format!("/proc/{}/stat", self.pid))
-    }
-
-    /// Returns the CPUs that the process may run on, as `/proc` lists them.
-    fn allowed_cpus(&self) -> String {
-        allowed_cpus(&format!("/proc/{}/status", self.pid))
-    }
-
-    async fn kill(mut self) {
+    async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -273,7 +295,13 @@ async fn start_valet(options: &Options, work_dir: &Path) -> anyhow::Result<(Serv
     let response = loopback_client()?
         .post(format!("{}/v1/clients", server.base_url))
         .bearer_auth(admin_key)
-        .json(&json!({"name": "token benchmark", "scopes": CLIENT_SCOPES}))
+        .json(&json!({
+            "name": "token benchmark",
+            "scopes": CLIENT_SCOPES,
+            "audiences": [AUDIENCE],
+            "default_audience": AUDIENCE,
+            "token_lifetime_seconds": TOKEN_LIFETIME_SECONDS,
+        }))
         .send()
         .await?;
     let status = response.status();
@@ -339,62 +367,112 @@ async fn start_oidc_provider(
     Ok((server, target))
 }
 
-/// Figures from one server's measured window.
-struct Measurement {
-    name: String,
-    load: Load,
-    /// CPU time the server used per second of the window: 1.0 is one core fully busy.
-    server_cores: Option<f64>,
-    /// The same for this program, the load generator.
-    generator_cores: Option<f64>,
-    server_cpus: String,
+/// One server under test: its process, its request, its load generator connections and
+/// the sum of its measured windows.
+struct Contender {
+    server: Server,
+    target: Arc<Target>,
+    /// One client per connection, each keeping a single keep-alive connection, so every
+    /// worker reuses its own connection for the whole run.
+    clients: Vec<reqwest::Client>,
     token_summary: String,
+    /// The CPUs that the server may run on.
+    server_cpus: Vec<usize>,
+    load: Load,
+    cpu: CpuUse,
+    /// Requests per second in each window, in order.
+    window_rates: Vec<f64>,
 }
 
-/// Checks one token, warms the server up, measures it and stops it.
-async fn measure(options: &Options, server: Server, target: Target) -> anyhow::Result<Measurement> {
-    let target = Arc::new(target);
-    let token_summary = check_one_token(&target).await?;
+impl Contender {
+    /// Checks one token from the server, opens the connections and warms the server up.
+    async fn prepare(options: &Options, server: Server, target: Target) -> anyhow::Result<Self> {
+        let target = Arc::new(target);
+        let token_summary = check_one_token(&target).await?;
+        let clients = (0..options.concurrency)
+            .map(|_| loopback_client())
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
-    // One client per connection, each keeping a single keep-alive connection, so every
-    // worker reuses its own connection for the whole run.
-    let clients = (0..options.concurrency)
-        .map(|_| loopback_client())
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        eprintln!("{}: warming up for {WARM_UP:?}", target.name);
+        let warm_up = drive(&clients, &target, WARM_UP).await;
+        ensure!(
+            warm_up.issued > 0,
+            "{} issued no token during the warm-up ({} failures)",
+            target.name,
+            warm_up.failures()
+        );
 
-    eprintln!("{}: warming up for {WARM_UP:?}", target.name);
-    let warm_up = drive(&clients, &target, WARM_UP).await;
-    ensure!(
-        warm_up.issued > 0,
-        "{} issued no token during the warm-up ({} failures)",
-        target.name,
-        warm_up.failures()
-    );
+        let server_cpus = parse_cpu_list(&allowed_cpus(&format!("/proc/{}/status", server.pid)))?;
+        Ok(Self {
+            server,
+            target,
+            clients,
+            token_summary,
+            server_cpus,
+            load: Load::default(),
+            cpu: CpuUse::default(),
+            window_rates: Vec::new(),
+        })
+    }
 
-    eprintln!("{}: measuring for {} s", target.name, options.seconds);
-    let server_before = server.cpu_time();
-    let generator_before = process_cpu_time("/proc/self/stat");
-    let load = drive(&clients, &target, Duration::from_secs(options.seconds)).await;
-    let server_after = server.cpu_time();
-    let generator_after = process_cpu_time("/proc/self/stat");
-    let server_cpus = server.allowed_cpus();
-    server.kill().await;
+    /// Loads the server for `window` and adds the outcome and the CPU time used to the sums.
+    async fn measure_window(&mut self, window: Duration) -> anyhow::Result<()> {
+        let before = self.sample_cpu()?;
+        let load = drive(&self.clients, &self.target, window).await;
+        let after = self.sample_cpu()?;
 
-    let cores = |before: Option<Duration>, after: Option<Duration>| {
-        Some((after? - before?).as_secs_f64() / load.elapsed.as_secs_f64())
-    };
-    Ok(Measurement {
-        name: target.name.clone(),
-        server_cores: cores(server_before, server_after),
-        generator_cores: cores(generator_before, generator_after),
-        load,
-        server_cpus,
-        token_summary,
-    })
+        self.cpu.server += after.server.saturating_sub(before.server);
+        self.cpu.generator += after.generator.saturating_sub(before.generator);
+        self.cpu.server_cpus_busy += after
+            .server_cpus_busy
+            .saturating_sub(before.server_cpus_busy);
+        self.window_rates.push(throughput(&load));
+        self.load.merge(load);
+        Ok(())
+    }
+
+    fn sample_cpu(&self) -> anyhow::Result<CpuUse> {
+        Ok(CpuUse {
+            server: process_cpu_time(&format!("/proc/{}/stat", self.server.pid))?,
+            generator: process_cpu_time("/proc/self/stat")?,
+            server_cpus_busy: busy_time("/proc/stat", &self.server_cpus)?,
+        })
+    }
+
+    /// Stops the server and sorts the latencies for the percentiles.
+    async fn finish(&mut self) {
+        self.server.kill().await;
+        self.load.latencies.sort_unstable();
+    }
+
+    /// Returns the CPU time used on the server's CPUs during the windows by processes other
+    /// than the server and, where it shares those CPUs, the load generator.
+    fn others_cpu(&self) -> Duration {
+        let generator_cpus = parse_cpu_list(&allowed_cpus("/proc/self/status")).unwrap_or_default();
+        let shared = generator_cpus
+            .iter()
+            .any(|cpu| self.server_cpus.contains(cpu));
+        let mut others = self.cpu.server_cpus_busy.saturating_sub(self.cpu.server);
+        if shared {
+            others = others.saturating_sub(self.cpu.generator);
+        }
+        others
+    }
 }
 
-/// Requests one token and checks that it is an ES256-signed JWT carrying the requested
-/// scope; returns its header and scope for the report.
+/// CPU time, either at one moment (since boot or process start) or summed over windows.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    /// User and system time of the server process, all threads.
+    server: Duration,
+    /// The same for this program, the load generator.
+    generator: Duration,
+    /// Time that the server's CPUs were not idle, whatever ran on them.
+    server_cpus_busy: Duration,
+}
+
+/// Requests one token and checks that it is an ES256-signed JWT for `AUDIENCE` with the
+/// requested scope and lifetime. Returns its header and scope for the report.
 async fn check_one_token(target: &Target) -> anyhow::Result<String> {
     let response = target.send(&loopback_client()?).await?;
     let status = response.status();
@@ -404,6 +482,7 @@ async fn check_one_token(target: &Target) -> anyhow::Result<String> {
         "{} returned {status} for a token request: {body}",
         target.name
     );
+
     let body: Value = serde_json::from_str(&body)?;
     let token = body["access_token"]
         .as_str()
@@ -414,12 +493,14 @@ async fn check_one_token(target: &Target) -> anyhow::Result<String> {
         "{}: the access token is not a compact JWS",
         target.name
     );
+
     let decode = |segment: &str| -> anyhow::Result<Value> {
         let bytes = decode_base64url(segment).context("invalid base64url in the token")?;
         Ok(serde_json::from_slice(&bytes)?)
     };
     let header = decode(segments[0])?;
     let claims = decode(segments[1])?;
+
     ensure!(
         header["alg"] == "ES256",
         "{}: the token is signed with {}, not ES256",
@@ -427,11 +508,24 @@ async fn check_one_token(target: &Target) -> anyhow::Result<String> {
         header["alg"]
     );
     ensure!(
+        claims["aud"] == AUDIENCE || claims["aud"] == json!([AUDIENCE]),
+        "{}: the token's audience is {}, not {AUDIENCE}",
+        target.name,
+        claims["aud"]
+    );
+    ensure!(
+        body["expires_in"] == TOKEN_LIFETIME_SECONDS,
+        "{}: the token expires in {} s, not {TOKEN_LIFETIME_SECONDS} s",
+        target.name,
+        body["expires_in"]
+    );
+    ensure!(
         claims["scope"] == "orders:read",
         "{}: the token's scope is {}, not orders:read",
         target.name,
         claims["scope"]
     );
+
     Ok(format!(
         "header {header}, scope {}, expires_in {}",
         claims["scope"], body["expires_in"]
@@ -445,7 +539,7 @@ struct Load {
     issued: u64,
     /// Responses with another status, by status code.
     other_status: BTreeMap<u16, u64>,
-    /// 200 responses whose body held no Bearer JWT.
+    /// 200 responses whose body contained no Bearer JWT.
     invalid_body: u64,
     /// Requests that failed before a complete response arrived.
     transport_errors: u64,
@@ -467,10 +561,12 @@ impl Load {
         self.invalid_body += other.invalid_body;
         self.transport_errors += other.transport_errors;
         self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
     }
 }
 
 /// Runs one worker per client for `duration`, or until `MAX_REQUESTS` have been sent.
+/// Requests still in flight at the deadline finish, and `elapsed` includes them.
 async fn drive(clients: &[reqwest::Client], target: &Arc<Target>, duration: Duration) -> Load {
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -519,7 +615,6 @@ async fn drive(clients: &[reqwest::Client], target: &Arc<Target>, duration: Dura
         }
     }
     total.elapsed = started.elapsed();
-    total.latencies.sort();
     total
 }
 
@@ -549,69 +644,93 @@ fn loopback_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-fn print_report(options: &Options, results: &[Measurement]) {
-    let ms = |duration: Duration| duration.as_secs_f64() * 1_000.0;
-    let cores = |value: Option<f64>| value.map_or("unknown".to_owned(), |v| format!("{v:.2}"));
+fn print_report(options: &Options, contenders: &[Contender]) {
+    let ms = |duration: Duration| format!("{:.2} ms", duration.as_secs_f64() * 1_000.0);
+    let share = |cpu: Duration, load: &Load| {
+        format!("{:.2}", cpu.as_secs_f64() / load.elapsed.as_secs_f64())
+    };
     println!(
-        "| server | tokens/s | p50 | p99 | tokens issued | other responses | server CPU | \
-         load generator CPU |"
+        "| server | requests/s | p50 | p99 | requests | non-200 or no token | server CPU \
+         (cores) | others on server CPU (cores) | load generator CPU (cores) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for result in results {
-        let load = &result.load;
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for contender in contenders {
+        let load = &contender.load;
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} cores | {} cores |",
-            result.name,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            contender.target.name,
             throughput(load),
             ms(quantile(&load.latencies, 0.5)),
             ms(quantile(&load.latencies, 0.99)),
-            load.issued,
+            load.issued + load.failures(),
             load.failures(),
-            cores(result.server_cores),
-            cores(result.generator_cores),
+            share(contender.cpu.server, load),
+            share(contender.others_cpu(), load),
+            share(contender.cpu.generator, load),
         );
     }
     println!();
-    if let [valet, oidc_provider] = results {
+
+    if let [valet, oidc_provider] = contenders {
         let ratio = throughput(&valet.load) / throughput(&oidc_provider.load);
-        println!("Ratio of tokens/s, Valet to oidc-provider: {ratio:.2} (target: at least 5).");
+        let window_ratios: Vec<f64> = valet
+            .window_rates
+            .iter()
+            .zip(&oidc_provider.window_rates)
+            .map(|(valet, oidc_provider)| valet / oidc_provider)
+            .collect();
+        let lowest = window_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = window_ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "Ratio of requests/s, Valet to oidc-provider: {ratio:.2} (target: at least 5). \
+             Per round: {lowest:.2} to {highest:.2}."
+        );
         println!();
     }
 
+    let rounds = contenders
+        .first()
+        .map_or(0, |contender| contender.window_rates.len());
     println!(
-        "Load: {} keep-alive connections, one request in flight on each, {WARM_UP:?} of \
-         warm-up and then {} s measured per server, at most {MAX_REQUESTS} requests per phase; \
-         the servers run one after the other.",
+        "Load: {} keep-alive connections with one request in flight on each. Each server is \
+         warmed up for {WARM_UP:?}, then measured for {} s in {rounds} windows, the servers \
+         taking turns. At most {MAX_REQUESTS} requests per window.",
         options.concurrency, options.seconds
     );
     println!(
-        "Request: `POST /oauth/token` (`/token` for oidc-provider), Basic client \
-              credentials, body `{FORM_BODY}`."
+        "Request: `POST /oauth/token` (Valet) or `POST /token` (oidc-provider) with client \
+         credentials in `Authorization: Basic` and the body `{FORM_BODY}`. A request counts \
+         only if the response is a 200 whose JSON contains a Bearer JWT. The column \
+         `non-200 or no token` also counts requests that got no response."
     );
-    for result in results {
+    for contender in contenders {
         println!(
-            "{}: runs on CPUs {}; token {}.",
-            result.name, result.server_cpus, result.token_summary
+            "{}: on CPUs {}. First token: {}.",
+            contender.target.name,
+            format_cpu_list(&contender.server_cpus),
+            contender.token_summary
         );
     }
     println!(
-        "Load generator: runs on CPUs {}.",
+        "Load generator: this program, on CPUs {}.",
         allowed_cpus("/proc/self/status")
     );
-    for result in results {
-        for (status, count) in &result.load.other_status {
-            println!("{}: {count} responses with status {status}.", result.name);
+    for contender in contenders {
+        let name = &contender.target.name;
+        let load = &contender.load;
+        for (status, count) in &load.other_status {
+            println!("{name}: {count} responses with status {status}.");
         }
-        if result.load.invalid_body > 0 {
+        if load.invalid_body > 0 {
             println!(
-                "{}: {} 200 responses without a token.",
-                result.name, result.load.invalid_body
+                "{name}: {} responses were 200 without a token.",
+                load.invalid_body
             );
         }
-        if result.load.transport_errors > 0 {
+        if load.transport_errors > 0 {
             println!(
-                "{}: {} failed requests.",
-                result.name, result.load.transport_errors
+                "{name}: {} requests failed without a response.",
+                load.transport_errors
             );
         }
     }
@@ -622,19 +741,74 @@ fn throughput(load: &Load) -> f64 {
     load.issued as f64 / load.elapsed.as_secs_f64()
 }
 
-/// Reads user plus system CPU time from a `/proc/PID/stat` file (fields 14 and 15, in clock
-/// ticks of 1/100 s, the `USER_HZ` that Linux reports on every architecture it supports).
-fn process_cpu_time(stat_path: &str) -> Option<Duration> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    // The command name in field 2 may contain spaces, so count fields after its `)`.
-    let after_name = &text[text.rfind(')')? + 2..];
+/// Reads user plus system CPU time, all threads, from a `/proc/PID/stat` file (fields 14
+/// and 15, in clock ticks).
+fn process_cpu_time(stat_path: &str) -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string(stat_path)
+        .with_context(|| format!("could not read {stat_path}"))?;
+    // The command name in field 2 may contain spaces and brackets, so count the fields
+    // after its last `)`.
+    let after_name = text
+        .rfind(')')
+        .map(|end| &text[end + 1..])
+        .with_context(|| format!("invalid {stat_path}: no command name"))?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 10))
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        let field = fields
+            .get(index)
+            .with_context(|| format!("invalid {stat_path}: too few fields"))?;
+        Ok(field.parse()?)
+    };
+    // Fields 14 and 15 of the file are at 11 and 12 here, after the pid, name and state.
+    Ok(ticks_to_duration(ticks(11)? + ticks(12)?))
 }
 
-/// Returns `Cpus_allowed_list` from a `/proc/PID/status` file.
+/// Sums, over `cpus`, the time that each CPU was not idle, from the per-CPU lines of
+/// `/proc/stat` (everything but the `idle` and `iowait` columns, in clock ticks).
+fn busy_time(stat_path: &str, cpus: &[usize]) -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string(stat_path)
+        .with_context(|| format!("could not read {stat_path}"))?;
+    let mut ticks = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields.next().and_then(|name| name.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(cpu) = cpu.parse::<usize>() else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        // Columns: user nice system idle iowait irq softirq steal guest guest_nice. Guest
+        // time is also counted in user and nice, so it is left out here.
+        let columns: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>()?;
+        ensure!(
+            columns.len() == 8,
+            "invalid {stat_path}: short line for cpu{cpu}"
+        );
+        ticks += columns.iter().sum::<u64>() - columns[3] - columns[4];
+    }
+    Ok(ticks_to_duration(ticks))
+}
+
+/// Converts clock ticks, the unit of `/proc` CPU times, to a duration.
+fn ticks_to_duration(ticks: u64) -> Duration {
+    static TICKS_PER_SECOND: OnceLock<u64> = OnceLock::new();
+    let per_second = *TICKS_PER_SECOND.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            // NOTE: 100 is the value on x86 and ARM Linux, for a machine without getconf.
+            .unwrap_or(100)
+    });
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// Returns `Cpus_allowed_list` from a `/proc/PID/status` file, such as `0-1,4`.
 fn allowed_cpus(status_path: &str) -> String {
     std::fs::read_to_string(status_path)
         .ok()
@@ -644,6 +818,29 @@ fn allowed_cpus(status_path: &str) -> String {
                 .map(|cpus| cpus.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Parses a CPU list in the kernel's format, such as `0-1,4`.
+fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let first: usize = first
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid CPU list {list}"))?;
+        let last: usize = last
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid CPU list {list}"))?;
+        cpus.extend(first..=last);
+    }
+    Ok(cpus)
+}
+
+fn format_cpu_list(cpus: &[usize]) -> String {
+    let names: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    names.join(",")
 }
 
 /// Describes the machine: logical cores, memory and CPU model.
@@ -763,7 +960,21 @@ mod tests {
 
     #[test]
     fn process_cpu_time_reads_own_stat() {
-        assert!(process_cpu_time("/proc/self/stat").is_some());
-        assert_eq!(process_cpu_time("/proc/self/no-such-file"), None);
+        assert!(process_cpu_time("/proc/self/stat").is_ok());
+        assert!(process_cpu_time("/proc/self/no-such-file").is_err());
+    }
+
+    #[test]
+    fn busy_time_reads_listed_cpus() {
+        assert!(busy_time("/proc/stat", &[0]).is_ok());
+        assert_eq!(busy_time("/proc/stat", &[]).unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn parse_cpu_list_expands_ranges() {
+        assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpu_list("0-1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpu_list("unknown").is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! The JSON objects of the public interface, shared by the HTTP API and `--json` CLI output.
 //!
 //! Domain types convert into these in one place, so a field cannot leak into a response by
-//! accident. Only [`CreatedKeyObject`] and [`SecretObject`] (also inside
-//! [`CreatedClientObject`]) carry a raw key.
+//! accident. Only [`CreatedKeyObject`] and [`SecretObject`] hold a raw key, and with them
+//! the objects that embed them, [`RolledKeyObject`] and [`CreatedClientObject`].
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};

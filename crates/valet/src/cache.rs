@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::key::{KeyId, base62};
 use crate::metrics::Metrics;
 use crate::model::StoredKey;
+use crate::oauth::client::ClientRecord;
 use crate::store::{ChangeKind, ChangeSink, FeedEvent};
 
 /// Source of the key for one verification.
@@ -185,17 +186,67 @@ impl DenyList {
     }
 }
 
-/// Applies the store's change feed to a [`KeyCache`] and a [`DenyList`], and records feed
-/// metrics.
+/// OAuth clients read recently, so that a token request needs no store query. Kept true
+/// by the change feed like the key cache, and used only while that is trusted.
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    /// Bumped by every invalidation, so that a read which raced with a change is dropped.
+    epoch: AtomicU64,
+}
+
+impl ClientCache {
+    /// Returns the cached client with `id`, or the epoch to pass to
+    /// [`ClientCache::insert`] after reading it from the store.
+    pub fn get(&self, id: &str) -> Result<Arc<ClientRecord>, u64> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let clients = self.clients.read().expect("client cache lock");
+        clients.get(id).cloned().ok_or(epoch)
+    }
+
+    /// Caches a client read from the store, unless something was invalidated since the
+    /// lookup that returned `epoch`.
+    pub fn insert(&self, client: ClientRecord, epoch: u64) {
+        let mut clients = self.clients.write().expect("client cache lock");
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(client.id.clone(), Arc::new(client));
+    }
+
+    /// Drops a changed or deleted client.
+    pub fn invalidate(&self, id: &str) {
+        let mut clients = self.clients.write().expect("client cache lock");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        clients.remove(id);
+    }
+
+    fn clear(&self) {
+        let mut clients = self.clients.write().expect("client cache lock");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        clients.clear();
+    }
+}
+
+/// Maximum number of cached clients; the cache starts over when it is full.
+const MAX_CACHED_CLIENTS: usize = 10_000;
+
+/// Applies the store's change feed to a [`KeyCache`], a [`DenyList`] and a
+/// [`ClientCache`], and records feed metrics.
 pub struct CacheSync {
     pub cache: Arc<KeyCache>,
     pub denied: Arc<DenyList>,
+    pub clients: Arc<ClientCache>,
     pub metrics: Arc<Metrics>,
 }
 
 impl ChangeSink for CacheSync {
     fn resync(&self, ids: Vec<KeyId>, revoked_jtis: Vec<String>) {
         self.denied.replace(revoked_jtis);
+        self.clients.clear();
         self.cache.resync(&ids);
         self.metrics.set_cache_trusted(true);
         tracing::info!(keys = ids.len(), "change feed connected; cache trusted");
@@ -212,6 +263,13 @@ impl ChangeSink for CacheSync {
             }
             FeedEvent::TokenRevoked { jti, changed_at } => {
                 self.denied.insert(jti);
+                changed_at
+            }
+            FeedEvent::ClientChanged {
+                client_id,
+                changed_at,
+            } => {
+                self.clients.invalidate(&client_id);
                 changed_at
             }
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::cache::{CacheSync, DenyList, KeyCache, Lookup};
+use crate::cache::{CacheSync, ClientCache, DenyList, KeyCache, Lookup};
 use crate::key::{KeyEnv, KeyFormat, KeyHash, KeyId, RawKey};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -166,6 +166,7 @@ pub struct KeyService {
     usage: Arc<UsageTracker>,
     cache: Arc<KeyCache>,
     denied: Arc<DenyList>,
+    clients: Arc<ClientCache>,
     cache_config: CacheConfig,
     metrics: Arc<Metrics>,
 }
@@ -193,6 +194,7 @@ impl KeyService {
             usage: Arc::new(UsageTracker::default()),
             cache: Arc::new(KeyCache::new(cache_config.capacity)),
             denied: Arc::new(DenyList::default()),
+            clients: Arc::new(ClientCache::default()),
             cache_config,
             metrics,
         }
@@ -207,6 +209,7 @@ impl KeyService {
         let sink = Arc::new(CacheSync {
             cache: self.cache.clone(),
             denied: self.denied.clone(),
+            clients: self.clients.clone(),
             metrics: self.metrics.clone(),
         });
         let store = self.store.clone();
@@ -219,6 +222,11 @@ impl KeyService {
 
     pub fn cache(&self) -> &Arc<KeyCache> {
         &self.cache
+    }
+
+    /// Returns the cache of OAuth clients.
+    pub fn client_cache(&self) -> &Arc<ClientCache> {
+        &self.clients
     }
 
     /// Returns the ids of access tokens revoked before they expired, as the feed reports

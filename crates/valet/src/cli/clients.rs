@@ -1,7 +1,7 @@
 //! `valet clients ...`: OAuth client management straight on the store, without the HTTP API.
 //!
 //! A client secret is an API key bound to its client, so `valet keys roll` and
-//! `valet keys revoke` manage existing secrets; this module only adds new ones.
+//! `valet keys revoke` manage existing secrets, and this module only adds new ones.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,27 +16,30 @@ use super::table;
 use crate::api::{ClientListObject, ClientObject, CreatedClientObject, SecretObject};
 use crate::model::{KeyName, Owner, Scopes};
 use crate::oauth::client::{
-    CLIENT_ID_LEN, MAX_TOKEN_LIFETIME_SECONDS, check_audience, check_audiences, is_client_id,
+    CLIENT_ID_LEN, MAX_TOKEN_LIFETIME_SECONDS, check_audience, check_audiences, check_jwks,
+    is_client_id,
 };
-use crate::oauth::service::{ClientUpdate, NewClient, OAuthService};
+use crate::oauth::service::{ClientUpdate, NewClient, OAuthError, OAuthService};
 use crate::redact::redact_keys;
+use crate::service::ServiceError;
 use crate::store::Cursor;
 
 #[derive(Debug, Subcommand)]
 pub enum ClientsCommand {
-    /// Register a client and print its id and first secret; the secret is shown only this
-    /// once.
+    /// Register a client and print its id and first secret, which is shown only this once.
     Create(CreateArgs),
     /// List clients, newest first.
     List(ListArgs),
-    /// Show one client. Its secrets are API keys: find them with `valet keys list --json`
-    /// by their `client_id`.
+    /// Show one client.
+    ///
+    /// Its secrets are API keys and are not listed here. Find them in
+    /// `valet keys list --json` by their `client_id`.
     Show(IdArgs),
-    /// Change a client's name, owner, scopes, audiences or token lifetime.
+    /// Change a client's name, owner, scopes, audiences, token lifetime or JWK set.
     Update(UpdateArgs),
     /// Delete a client and revoke every one of its secrets at once.
-    Delete(IdArgs),
-    /// Issue another secret for a client and print it; it is shown only this once.
+    Delete(DeleteArgs),
+    /// Issue another secret for a client and print it. It is shown only this once.
     ///
     /// Secrets are API keys, so roll or revoke one with `valet keys roll KEY_ID` or
     /// `valet keys revoke KEY_ID`, where KEY_ID is its `client_secret_key_id`.
@@ -55,23 +58,27 @@ pub struct CreateArgs {
     /// Human-readable name.
     #[arg(long)]
     name: String,
-    /// Scope the client may be granted; repeat for several, or separate with commas.
+    /// Scope the client may be granted. Repeat for several, or separate with commas.
     #[arg(long = "scope", value_delimiter = ',')]
     scopes: Vec<String>,
     /// Your own id for the customer or service that runs the client.
     #[arg(long)]
     owner: Option<String>,
-    /// Audience the client may request with `resource` or `audience`, 1 to 256 printable
-    /// ASCII characters; repeat for several (at most 32).
+    /// Audience the client may request with `resource` or `audience`: 1 to 256 printable
+    /// ASCII characters. Repeat for several, at most 32.
     #[arg(long = "audience", value_parser = parse_audience)]
     audiences: Vec<String>,
-    /// Audience of a token whose request names none; must be one of the --audience values.
+    /// Audience of a token whose request names none. It must be one of the --audience values.
     #[arg(long, value_parser = parse_default_audience)]
     default_audience: Option<String>,
-    /// Lifetime of the client's access tokens in seconds, 1 to 86400; 900 (15 minutes) if
-    /// left out.
+    /// Lifetime of the client's access tokens in seconds, 1 to 86400 (default 900, which is
+    /// 15 minutes).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..=MAX_TOKEN_LIFETIME_SECONDS))]
     token_lifetime_seconds: Option<i64>,
+    /// Public JWK set for `private_key_jwt`, as JSON: {"keys": [...]} with 1 to 8 EC P-256
+    /// or OKP Ed25519 public keys.
+    #[arg(long)]
+    jwks: Option<String>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -97,6 +104,16 @@ pub struct IdArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Client id.
+    id: String,
+    /// Print the client as it was before the deletion, as the JSON object of the HTTP API.
+    /// The HTTP API itself returns no body for a deletion.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Client id.
     id: String,
@@ -118,19 +135,19 @@ pub struct UpdateFields {
     /// Remove the owner.
     #[arg(long)]
     clear_owner: bool,
-    /// Replace the scopes; repeat for several, or separate with commas.
+    /// Replace the scopes. Repeat for several, or separate with commas.
     #[arg(long = "scope", value_delimiter = ',', conflicts_with = "clear_scopes")]
     scopes: Option<Vec<String>>,
     /// Remove every scope.
     #[arg(long)]
     clear_scopes: bool,
-    /// Replace the audiences; repeat for several (at most 32).
+    /// Replace the audiences. Repeat for several, at most 32.
     #[arg(long = "audience", value_parser = parse_audience, conflicts_with = "clear_audiences")]
     audiences: Option<Vec<String>>,
-    /// Remove every audience; a default audience must be cleared as well.
+    /// Remove every audience. A default audience must be cleared as well.
     #[arg(long)]
     clear_audiences: bool,
-    /// New default audience; must be one of the client's audiences after the update.
+    /// New default audience, which must be one of the client's audiences after the update.
     #[arg(
         long,
         value_parser = parse_default_audience,
@@ -143,14 +160,20 @@ pub struct UpdateFields {
     /// New lifetime of the client's access tokens in seconds, 1 to 86400.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..=MAX_TOKEN_LIFETIME_SECONDS))]
     token_lifetime_seconds: Option<i64>,
+    /// Replace the public JWK set for `private_key_jwt`, as JSON: {"keys": [...]}.
+    #[arg(long, conflicts_with = "clear_jwks")]
+    jwks: Option<String>,
+    /// Remove the JWK set, so the client can no longer authenticate with `private_key_jwt`.
+    #[arg(long)]
+    clear_jwks: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct AddSecretArgs {
     /// Client id.
     id: String,
-    /// Expiry of the secret as an RFC 3339 timestamp, for example 2027-01-31T00:00:00Z;
-    /// none by default.
+    /// Expiry of the secret as an RFC 3339 timestamp, for example 2027-01-31T00:00:00Z.
+    /// None by default.
     #[arg(long, value_parser = parse_rfc3339)]
     expires_at: Option<OffsetDateTime>,
     #[command(flatten)]
@@ -167,6 +190,12 @@ fn parse_default_audience(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+fn parse_jwks(text: &str) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).context("--jwks is not valid JSON")?;
+    Ok(check_jwks(&value)?)
+}
+
 fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map_err(|err| format!("not an RFC 3339 timestamp such as 2027-01-31T00:00:00Z: {err}"))
@@ -179,15 +208,29 @@ fn parse_client_id<'a>(text: &'a str, key_prefix: &str) -> anyhow::Result<&'a st
         return Ok(text);
     }
 
-    let shown = redact_keys(text, key_prefix);
-    let hint = if text.starts_with(&format!("{key_prefix}_")) {
-        "this looks like a client secret; pass the client id instead"
-    } else {
-        "pass the client_id that `valet clients create` or `valet clients list` printed"
-    };
+    let redacted = redact_keys(text, key_prefix);
+    if text.starts_with(&format!("{key_prefix}_")) {
+        anyhow::bail!(
+            "invalid client id `{redacted}`: this looks like a client secret, so pass the client_id instead"
+        );
+    }
     anyhow::bail!(
-        "invalid client id `{shown}`: a client id is {CLIENT_ID_LEN} letters and digits; {hint}"
+        "invalid client id `{redacted}`: expected {CLIENT_ID_LEN} letters and digits, \
+         the client_id that `valet clients create` or `valet clients list` printed"
     )
+}
+
+/// Adds the CLI options that fix a default audience the service rejected, because the
+/// service names the JSON fields `default_audience` and `audiences`.
+fn explain_default_audience(err: OAuthError, fix: &str) -> anyhow::Error {
+    match err {
+        OAuthError::Service(ServiceError::InvalidField(field))
+            if field.field == "default_audience" =>
+        {
+            anyhow::anyhow!("{field}: {fix}")
+        }
+        other => other.into(),
+    }
 }
 
 /// Runs one `clients` subcommand. `key_prefix` is only used to keep a pasted secret out of
@@ -208,7 +251,13 @@ pub async fn run(
         ClientsCommand::Update(args) => {
             let id = parse_client_id(&args.id, key_prefix)?;
             let update = client_update(args.fields)?;
-            let client = ClientObject::from(oauth.update_client(id, update).await?);
+            let client = oauth.update_client(id, update).await.map_err(|err| {
+                explain_default_audience(
+                    err,
+                    "name it with --audience as well, or pass --clear-default-audience",
+                )
+            })?;
+            let client = ClientObject::from(client);
             print_client(&client, args.output.json)?;
         }
         ClientsCommand::Delete(args) => {
@@ -217,7 +266,7 @@ pub async fn run(
             // and the delete would be missing from the output, not from the deletion.
             let client = ClientObject::from(oauth.get_client(id).await?);
             oauth.delete_client(id).await?;
-            if args.output.json {
+            if args.json {
                 print_json(&client)?;
             } else {
                 println!(
@@ -248,9 +297,13 @@ async fn create(oauth: &OAuthService, args: CreateArgs) -> anyhow::Result<()> {
         audiences: check_audiences(&args.audiences)?,
         default_audience: args.default_audience,
         token_lifetime_seconds: args.token_lifetime_seconds,
-        jwks: None,
+        jwks: args.jwks.as_deref().map(parse_jwks).transpose()?,
     };
-    let created = CreatedClientObject::from(oauth.create_client(new).await?);
+    let created = oauth
+        .create_client(new)
+        .await
+        .map_err(|err| explain_default_audience(err, "name it with --audience as well"))?;
+    let created = CreatedClientObject::from(created);
     if args.output.json {
         print_json(&created)?;
     } else {
@@ -320,6 +373,16 @@ fn client_update(fields: UpdateFields) -> anyhow::Result<ClientUpdate> {
     } else {
         fields.default_audience.map(Some)
     };
+    let jwks = if fields.clear_jwks {
+        Some(None)
+    } else {
+        fields
+            .jwks
+            .as_deref()
+            .map(parse_jwks)
+            .transpose()?
+            .map(Some)
+    };
     let update = ClientUpdate {
         name: fields.name.as_deref().map(KeyName::parse).transpose()?,
         owner,
@@ -327,7 +390,7 @@ fn client_update(fields: UpdateFields) -> anyhow::Result<ClientUpdate> {
         audiences,
         default_audience,
         token_lifetime_seconds: fields.token_lifetime_seconds,
-        jwks: None,
+        jwks,
     };
 
     let empty = update.name.is_none()
@@ -335,12 +398,13 @@ fn client_update(fields: UpdateFields) -> anyhow::Result<ClientUpdate> {
         && update.scopes.is_none()
         && update.audiences.is_none()
         && update.default_audience.is_none()
-        && update.token_lifetime_seconds.is_none();
+        && update.token_lifetime_seconds.is_none()
+        && update.jwks.is_none();
     anyhow::ensure!(
         !empty,
         "nothing to update: pass --name, --owner, --clear-owner, --scope, --clear-scopes, \
-         --audience, --clear-audiences, --default-audience, --clear-default-audience \
-         or --token-lifetime-seconds"
+         --audience, --clear-audiences, --default-audience, --clear-default-audience, \
+         --token-lifetime-seconds, --jwks or --clear-jwks"
     );
     Ok(update)
 }

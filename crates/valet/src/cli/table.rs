@@ -76,7 +76,7 @@ pub fn key_detail(key: &KeyObject) -> String {
     out
 }
 
-/// One table row per client: the columns an operator scans first.
+/// Formats one table row per client, with the columns an operator scans first.
 pub fn client_rows(clients: &[ClientObject]) -> String {
     let rows: Vec<Vec<String>> = clients
         .iter()
@@ -106,19 +106,19 @@ pub fn client_rows(clients: &[ClientObject]) -> String {
     )
 }
 
-/// Every field of one client, one per line, labelled with its JSON name.
+/// Formats every field of one client, one per line, labelled with its JSON name.
 pub fn client_detail(client: &ClientObject) -> String {
     detail(&client_fields(client))
 }
 
-/// A client and its first secret, the secret on the last line.
+/// Formats a client and its first secret, with the secret on the last line.
 pub fn created_client_detail(client: &ClientObject, secret: &SecretObject) -> String {
     let mut fields = client_fields(client);
     fields.extend(secret_fields(secret));
     detail(&fields)
 }
 
-/// A new secret of the client `client_id`, the secret on the last line.
+/// Formats a new secret of the client `client_id`, with the secret on the last line.
 pub fn secret_detail(client_id: &str, secret: &SecretObject) -> String {
     let mut fields = vec![("client_id", client_id.to_owned())];
     fields.extend(secret_fields(secret));
@@ -143,11 +143,30 @@ fn client_fields(client: &ClientObject) -> Vec<(&'static str, String)> {
             "token_lifetime_seconds",
             client.token_lifetime_seconds.to_string(),
         ),
+        ("jwks", jwks_text(client.jwks.as_ref())),
         ("created_at", time_text(Some(client.created_at))),
     ]
 }
 
-/// The secret's fields; `client_secret_expires_at` is 0 in JSON for no expiry, shown as `-`.
+/// Summarises a client's JWK set as its number of keys and their `kid` values. The keys
+/// themselves are too long for one line, and `--json` prints the whole set.
+fn jwks_text(jwks: Option<&serde_json::Value>) -> String {
+    let Some(jwks) = jwks else {
+        return "-".into();
+    };
+    let keys = jwks["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let kids: Vec<&str> = keys
+        .iter()
+        .map(|key| key["kid"].as_str().unwrap_or("(no kid)"))
+        .collect();
+    let noun = if keys.len() == 1 { "key" } else { "keys" };
+    format!("{} {noun}: {}", keys.len(), kids.join(" "))
+}
+
+/// Lists the secret's fields. No expiry, 0 in JSON, is shown as `-`.
 fn secret_fields(secret: &SecretObject) -> Vec<(&'static str, String)> {
     let expires_at = match secret.client_secret_expires_at {
         0 => None,
@@ -215,6 +234,13 @@ mod tests {
     fn detail_aligns_values() {
         let fields = [("id", "a".to_owned()), ("long_label", "b".to_owned())];
         assert_eq!(detail(&fields), "id         a\nlong_label b\n");
+    }
+
+    #[test]
+    fn jwks_text_names_kids() {
+        let jwks = serde_json::json!({"keys": [{"kid": "k1"}, {"kty": "EC"}]});
+        assert_eq!(jwks_text(Some(&jwks)), "2 keys: k1 (no kid)");
+        assert_eq!(jwks_text(None), "-");
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl OAuthService {
         if !self.keys.store().replace_client(&client).await? {
             return Err(client_not_found(id));
         }
+        self.keys.client_cache().invalidate(id);
         tracing::info!(client_id = %id, "updated client");
         Ok(client)
     }
@@ -318,6 +319,7 @@ impl OAuthService {
         if !is_client_id(id) || !self.keys.store().delete_client(id, model::now()).await? {
             return Err(client_not_found(id));
         }
+        self.keys.client_cache().invalidate(id);
         // The revoked secrets may be cached; the change feed drops them on every node.
         tracing::info!(client_id = %id, "deleted client and revoked its secrets");
         Ok(())
@@ -367,11 +369,26 @@ impl OAuthService {
         if verification.code != VerifyCode::Valid || bound != Some(client_id) {
             return Err(OAuthError::InvalidClient);
         }
-        self.keys
-            .store()
-            .find_client(client_id)
+        self.find_client(client_id)
             .await?
             .ok_or(OAuthError::InvalidClient)
+    }
+
+    /// Loads a client from the client cache while the change feed is connected, else from
+    /// the store.
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, OAuthError> {
+        let trusted = self.keys.cache().is_trusted();
+        let cache = self.keys.client_cache();
+        let epoch = match cache.get(id) {
+            Ok(client) if trusted => return Ok(Some(client.as_ref().clone())),
+            Ok(_) => None,
+            Err(epoch) => Some(epoch),
+        };
+        let client = self.keys.store().find_client(id).await?;
+        if let (Some(client), Some(epoch), true) = (&client, epoch, trusted) {
+            cache.insert(client.clone(), epoch);
+        }
+        Ok(client)
     }
 
     /// Issues an access token to an authenticated client.

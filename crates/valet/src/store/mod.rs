@@ -187,6 +187,11 @@ pub enum FeedEvent {
         jti: String,
         changed_at: Option<OffsetDateTime>,
     },
+    /// A client was updated or deleted.
+    ClientChanged {
+        client_id: String,
+        changed_at: Option<OffsetDateTime>,
+    },
 }
 
 /// Receiver of a store's change feed.

@@ -127,6 +127,12 @@ fn parse_notification(payload: &str, schema: &str) -> Option<FeedEvent> {
         .next()
         .and_then(|m| m.parse().ok())
         .and_then(from_micros);
+    if op == "C" {
+        return Some(FeedEvent::ClientChanged {
+            client_id: id.to_owned(),
+            changed_at,
+        });
+    }
     if op == "T" {
         return Some(FeedEvent::TokenRevoked {
             jti: id.to_owned(),

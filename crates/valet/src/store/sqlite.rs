@@ -136,6 +136,14 @@ impl SqliteStore {
             let op: String = row.try_get("op")?;
             let changed_at: i64 = row.try_get("changed_at")?;
             let changed_at = from_micros(changed_at);
+            if let Some(client_id) = id.strip_prefix("c:") {
+                let event = FeedEvent::ClientChanged {
+                    client_id: client_id.to_owned(),
+                    changed_at,
+                };
+                changes.push((seq, event));
+                continue;
+            }
             if let Some(jti) = id.strip_prefix("t:") {
                 let event = FeedEvent::TokenRevoked {
                     jti: jti.to_owned(),

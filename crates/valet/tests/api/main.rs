@@ -4,6 +4,7 @@
 mod auth;
 mod cache;
 mod cli;
+mod cli_clients;
 mod errors;
 mod helpers;
 mod keys;
