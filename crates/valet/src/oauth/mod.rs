@@ -1,5 +1,6 @@
 //! OAuth 2.0 client credentials: clients, signing keys and access tokens.
 
 pub mod client;
+pub mod provider;
 pub mod service;
 pub mod signing;

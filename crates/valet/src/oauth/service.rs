@@ -142,6 +142,7 @@ pub struct OAuthService {
 impl OAuthService {
     /// Creates the service for `issuer`, the `iss` of every token.
     pub fn new(keys: Arc<KeyService>, issuer: String) -> Self {
+        super::provider::install();
         Self {
             keys,
             issuer,
