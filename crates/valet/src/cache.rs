@@ -206,7 +206,7 @@ impl ClientCache {
 
     /// Caches a client read from the store, unless something was invalidated since the
     /// lookup that returned `epoch`.
-    pub fn insert(&self, client: ClientRecord, epoch: u64) {
+    pub fn insert(&self, client: Arc<ClientRecord>, epoch: u64) {
         let mut clients = self.clients.write().expect("client cache lock");
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
@@ -214,7 +214,7 @@ impl ClientCache {
         if clients.len() >= MAX_CACHED_CLIENTS {
             clients.clear();
         }
-        clients.insert(client.id.clone(), Arc::new(client));
+        clients.insert(client.id.clone(), client);
     }
 
     /// Drops a changed or deleted client.

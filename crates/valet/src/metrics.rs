@@ -3,7 +3,8 @@
 //! Labels carry route patterns, status codes, verification codes and store operation
 //! names only: never key material and never a raw key id.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +36,9 @@ struct OperationLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// Counters of `requests` by route and status, so that counting a request needs no
+    /// allocation once its pair has been seen.
+    request_counters: RwLock<HashMap<String, HashMap<u16, Counter>>>,
     verifications: [Counter; VerifyCode::ALL.len()],
     store_queries: Family<OperationLabels, Counter>,
     cache_hits: Counter,
@@ -128,6 +132,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             requests,
+            request_counters: RwLock::new(HashMap::new()),
             verifications,
             store_queries,
             cache_hits,
@@ -140,12 +145,31 @@ impl Metrics {
 
     /// Counts one HTTP request.
     pub fn request(&self, route: &str, status: u16) {
-        self.requests
+        let known = self
+            .request_counters
+            .read()
+            .expect("request counter lock")
+            .get(route)
+            .and_then(|by_status| by_status.get(&status))
+            .cloned();
+        if let Some(counter) = known {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
                 status,
             })
-            .inc();
+            .clone();
+        counter.inc();
+        self.request_counters
+            .write()
+            .expect("request counter lock")
+            .entry(route.to_owned())
+            .or_default()
+            .insert(status, counter);
     }
 
     /// Counts one verification.

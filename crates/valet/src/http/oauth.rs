@@ -249,7 +249,7 @@ fn client_credentials(
 async fn authenticate_client(
     state: &AppState,
     credentials: &ClientCredentials,
-) -> Result<ClientRecord, OAuthErrorResponse> {
+) -> Result<std::sync::Arc<ClientRecord>, OAuthErrorResponse> {
     let result = match credentials {
         ClientCredentials::Secret {
             client_id, secret, ..

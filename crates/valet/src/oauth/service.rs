@@ -109,7 +109,7 @@ pub enum Caller {
     /// A key with scope `admin`, which may act on any token.
     Admin,
     /// An authenticated client, which may revoke only what was issued to it.
-    Client(ClientRecord),
+    Client(Arc<ClientRecord>),
 }
 
 /// Result of introspecting a token (RFC 7662 section 2.2).
@@ -358,7 +358,7 @@ impl OAuthService {
         &self,
         client_id: &str,
         secret: &str,
-    ) -> Result<ClientRecord, OAuthError> {
+    ) -> Result<Arc<ClientRecord>, OAuthError> {
         if !is_client_id(client_id) {
             return Err(OAuthError::InvalidClient);
         }
@@ -377,19 +377,22 @@ impl OAuthService {
 
     /// Loads a client from the client cache while the change feed is connected, else from
     /// the store.
-    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, OAuthError> {
+    async fn find_client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, OAuthError> {
         let trusted = self.keys.cache().is_trusted();
         let cache = self.keys.client_cache();
         let epoch = match cache.get(id) {
-            Ok(client) if trusted => return Ok(Some(client.as_ref().clone())),
+            Ok(client) if trusted => return Ok(Some(client)),
             Ok(_) => None,
             Err(epoch) => Some(epoch),
         };
-        let client = self.keys.store().find_client(id).await?;
-        if let (Some(client), Some(epoch), true) = (&client, epoch, trusted) {
+        let Some(client) = self.keys.store().find_client(id).await? else {
+            return Ok(None);
+        };
+        let client = Arc::new(client);
+        if let (Some(epoch), true) = (epoch, trusted) {
             cache.insert(client.clone(), epoch);
         }
-        Ok(client)
+        Ok(Some(client))
     }
 
     /// Issues an access token to an authenticated client.
@@ -575,7 +578,7 @@ impl OAuthService {
         &self,
         client_id: Option<&str>,
         assertion: &str,
-    ) -> Result<ClientRecord, OAuthError> {
+    ) -> Result<Arc<ClientRecord>, OAuthError> {
         let header =
             jsonwebtoken::decode_header(assertion).map_err(|_| OAuthError::InvalidClient)?;
         if !matches!(
@@ -592,8 +595,6 @@ impl OAuthService {
             return Err(OAuthError::InvalidClient);
         }
         let client = self
-            .keys
-            .store()
             .find_client(&unverified.iss)
             .await?
             .ok_or(OAuthError::InvalidClient)?;
