@@ -479,6 +479,10 @@ impl KeyStore for PostgresStore {
         .bind(expires_at)
         .execute(&self.pool)
         .await?;
+        // Expired tokens are rejected anyway, so their rows can go.
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

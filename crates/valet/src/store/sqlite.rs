@@ -565,6 +565,11 @@ impl KeyStore for SqliteStore {
         .bind(to_micros(crate::model::now()))
         .execute(&self.pool)
         .await?;
+        // Expired tokens are rejected anyway, so their rows can go.
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?")
+            .bind(to_micros(crate::model::now()))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
