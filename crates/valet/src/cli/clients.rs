@@ -3,15 +3,13 @@
 //! A client secret is an API key bound to its client, so `valet keys roll` and
 //! `valet keys revoke` manage existing secrets, and this module only adds new ones.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
+use super::keys::{parse_rfc3339, print_json};
 use super::table;
 use crate::api::{ClientListObject, ClientObject, CreatedClientObject, SecretObject};
 use crate::model::{KeyName, Owner, Scopes};
@@ -194,11 +192,6 @@ fn parse_jwks(text: &str) -> anyhow::Result<serde_json::Value> {
     let value: serde_json::Value =
         serde_json::from_str(text).context("--jwks is not valid JSON")?;
     Ok(check_jwks(&value)?)
-}
-
-fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|err| format!("not an RFC 3339 timestamp such as 2027-01-31T00:00:00Z: {err}"))
 }
 
 /// Checks the shape of a client id before it reaches the store. The message repeats the
@@ -407,13 +400,6 @@ fn client_update(fields: UpdateFields) -> anyhow::Result<ClientUpdate> {
          --token-lifetime-seconds, --jwks or --clear-jwks"
     );
     Ok(update)
-}
-
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
 }
 
 fn print_client(client: &ClientObject, json: bool) -> anyhow::Result<()> {

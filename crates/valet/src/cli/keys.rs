@@ -153,7 +153,7 @@ impl std::fmt::Debug for VerifyArgs {
     }
 }
 
-fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
+pub(super) fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map_err(|err| format!("not an RFC 3339 timestamp such as 2027-01-31T00:00:00Z: {err}"))
 }
@@ -331,7 +331,7 @@ fn read_key_from_stdin() -> anyhow::Result<String> {
     Ok(key)
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
