@@ -6,6 +6,7 @@
 mod auth;
 mod clients;
 mod extract;
+mod forward;
 mod keys;
 mod oauth;
 mod problem;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}", get(keys::show).patch(keys::update))
         .route("/v1/keys/{id}/roll", post(keys::roll))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/v1/forward-auth", any(forward::forward_auth))
         .route("/v1/clients", post(clients::create).get(clients::list))
         .route(
             "/v1/clients/{id}",

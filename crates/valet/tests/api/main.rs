@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cli_clients;
 mod errors;
+mod forward;
 mod helpers;
 mod keys;
 mod multinode;

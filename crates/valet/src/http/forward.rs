@@ -1,0 +1,225 @@
+//! `/v1/forward-auth`: the check that reverse proxies (nginx `auth_request`, Traefik
+//! ForwardAuth, Envoy ext_authz) make before letting a request through.
+//!
+//! The proxy forwards the client's headers. A valid API key or access token gets 200 and
+//! identity headers; anything else gets 401 or 403 with an RFC 6750 challenge.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use super::AppState;
+use crate::model::Scopes;
+use crate::service::VerifyCode;
+
+/// Header in which a proxy may name the required scopes, space-delimited.
+const REQUIRED_SCOPES: &str = "x-valet-required-scopes";
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ForwardParams {
+    /// Required scopes, space-delimited as in OAuth.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// A refusal response, boxed because a response is large and refusals are the rare path.
+type Refusal = Box<Response>;
+
+/// Identity of an accepted credential, sent back to the proxy as headers.
+struct Identity {
+    key_id: Option<String>,
+    client_id: Option<String>,
+    scopes: String,
+    owner: Option<String>,
+    sunset: Option<OffsetDateTime>,
+}
+
+/// Checks the credential a proxy forwards, for any HTTP method.
+pub async fn forward_auth(
+    State(state): State<AppState>,
+    params: Result<Query<ForwardParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return invalid_request("the query string is not valid; use ?scope=a%20b");
+    };
+    let scope_text = params.scope.or_else(|| {
+        headers
+            .get(REQUIRED_SCOPES)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    });
+    let scope_list: Vec<&str> = scope_text
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let Ok(required) = Scopes::parse("scope", &scope_list) else {
+        return invalid_request("a required scope is not a valid scope token");
+    };
+
+    let credential = match credential(&headers) {
+        Ok(Some(credential)) => credential,
+        Ok(None) => return challenge(StatusCode::UNAUTHORIZED, None, None),
+        Err(response) => return *response,
+    };
+
+    // A JWT has two dots; a Valet API key has none.
+    let identity = if credential.matches('.').count() == 2 {
+        check_access_token(&state, &credential, &required).await
+    } else {
+        check_api_key(&state, &credential, &required).await
+    };
+    match identity {
+        Ok(identity) => accepted(identity),
+        Err(response) => *response,
+    }
+}
+
+/// Reads the credential from `Authorization: Bearer` or `X-API-Key`, never the query.
+fn credential(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let authorization: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
+    let api_key: Vec<&HeaderValue> = headers.get_all("x-api-key").iter().collect();
+    if authorization.len() + api_key.len() > 1 {
+        return Err(Box::new(invalid_request(
+            "send one credential: Authorization: Bearer or X-API-Key, once",
+        )));
+    }
+    if let Some(value) = api_key.first() {
+        let text = value
+            .to_str()
+            .map_err(|_| Box::new(invalid_token_response()))?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    let Some(value) = authorization.first() else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Err(Box::new(challenge(StatusCode::UNAUTHORIZED, None, None)));
+    }
+    let token = std::str::from_utf8(&bytes[7..]).map_err(|_| Box::new(invalid_token_response()))?;
+    Ok(Some(token.trim().to_owned()))
+}
+
+async fn check_api_key(
+    state: &AppState,
+    key: &str,
+    required: &Scopes,
+) -> Result<Identity, Refusal> {
+    let verification = state
+        .service
+        .verify(key, required)
+        .await
+        .map_err(|err| Box::new(super::problem::ApiError::from(err).into_response()))?;
+    match (verification.code, verification.key) {
+        (VerifyCode::Valid, Some(record)) => Ok(Identity {
+            key_id: Some(record.id.to_string()),
+            client_id: record.client_id.clone(),
+            scopes: record.scopes.join(" "),
+            owner: record.owner.clone(),
+            // A rolled key in its grace period tells its holder when it stops working.
+            sunset: record.successor_id.as_ref().and(record.expires_at),
+        }),
+        (VerifyCode::InsufficientScope, Some(record)) => {
+            let missing = record
+                .missing_scope(required)
+                .map(|scope| scope.as_str().to_owned());
+            Err(Box::new(challenge(
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                missing,
+            )))
+        }
+        _ => Err(Box::new(invalid_token_response())),
+    }
+}
+
+async fn check_access_token(
+    state: &AppState,
+    token: &str,
+    required: &Scopes,
+) -> Result<Identity, Refusal> {
+    let introspection = state
+        .oauth
+        .introspect(token)
+        .await
+        .map_err(|_| Box::new(invalid_token_response()))?;
+    let crate::oauth::service::Introspection::AccessToken(claims) = introspection else {
+        return Err(Box::new(invalid_token_response()));
+    };
+    let granted: Vec<&str> = claims.scope.split(' ').collect();
+    if let Some(missing) = required.iter().find(|s| !granted.contains(&s.as_str())) {
+        return Err(Box::new(challenge(
+            StatusCode::FORBIDDEN,
+            Some("insufficient_scope"),
+            Some(missing.as_str().to_owned()),
+        )));
+    }
+    Ok(Identity {
+        key_id: None,
+        client_id: Some(claims.client_id.clone()),
+        scopes: claims.scope.clone(),
+        owner: None,
+        sunset: None,
+    })
+}
+
+fn accepted(identity: Identity) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    if let Some(key_id) = &identity.key_id {
+        set("x-valet-key-id", key_id);
+    }
+    if let Some(client_id) = &identity.client_id {
+        set("x-valet-client-id", client_id);
+    }
+    set("x-valet-scopes", &identity.scopes);
+    if let Some(owner) = &identity.owner {
+        set("x-valet-owner", owner);
+    }
+    // RFC 8594: Sunset carries an HTTP-date.
+    if let Some(at) = identity.sunset
+        && let Ok(date) = at.format(&Rfc2822)
+    {
+        set("sunset", &date.replace("+0000", "GMT"));
+    }
+    response
+}
+
+fn invalid_token_response() -> Response {
+    challenge(StatusCode::UNAUTHORIZED, Some("invalid_token"), None)
+}
+
+fn invalid_request(description: &str) -> Response {
+    let mut response = challenge(StatusCode::BAD_REQUEST, Some("invalid_request"), None);
+    *response.body_mut() = axum::body::Body::from(description.to_owned());
+    response
+}
+
+/// Builds a response with an RFC 6750 section 3 `WWW-Authenticate: Bearer` challenge.
+fn challenge(status: StatusCode, error: Option<&str>, scope: Option<String>) -> Response {
+    let mut value = "Bearer realm=\"valet\"".to_owned();
+    if let Some(error) = error {
+        value.push_str(&format!(", error=\"{error}\""));
+    }
+    if let Some(scope) = scope {
+        value.push_str(&format!(", scope=\"{scope}\""));
+    }
+    let mut response = status.into_response();
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
