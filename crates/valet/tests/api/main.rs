@@ -10,6 +10,7 @@ mod forward;
 mod helpers;
 mod keys;
 mod multinode;
+mod nginx;
 mod oauth;
 mod process;
 mod proxy;
