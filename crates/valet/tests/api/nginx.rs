@@ -22,10 +22,20 @@ impl Drop for Nginx {
     }
 }
 
+/// Returns the nginx binary: Debian's, which sits in /usr/sbin, a directory that is not on
+/// every user's `PATH`, or else whatever `nginx` the `PATH` finds.
+fn nginx_binary() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
 /// Returns whether nginx can run here; prints a loud SKIPPED line when it cannot, and
 /// panics under CI, whose script installs it.
 fn nginx_available() -> bool {
-    let found = Command::new("nginx")
+    let found = Command::new(nginx_binary())
         .arg("-v")
         .stderr(Stdio::null())
         .status()
@@ -84,7 +94,7 @@ fn start_nginx(dir: &std::path::Path, port: u16, valet: &str, upstream: u16) -> 
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, wrapper).unwrap();
-    let child = Command::new("nginx")
+    let child = Command::new(nginx_binary())
         .args(["-p", &prefix, "-c", &path.display().to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
