@@ -1,7 +1,8 @@
 //! The OAuth 2.0 endpoints: `/oauth/token`, the JWK set and the server metadata.
 //!
-//! Every response here carries `Cache-Control: no-store` and `Pragma: no-cache`, and every
-//! error is JSON with `error` and `error_description`, as RFC 6749 section 5 requires.
+//! Every response of the token, introspection and revocation endpoints carries
+//! `Cache-Control: no-store` and `Pragma: no-cache`, and every error is JSON with `error`
+//! and `error_description`, as RFC 6749 section 5 requires. The JWK set is cacheable.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -119,7 +120,7 @@ struct Form(Vec<(String, String)>);
 impl Form {
     /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an
     /// `invalid_request` (RFC 6749 section 3.2).
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthErrorResponse> {
+    fn parse(headers: &HeaderMap, body: &[u8], prefix: &str) -> Result<Self, OAuthErrorResponse> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -135,7 +136,7 @@ impl Form {
             if pairs.iter().any(|(seen, _)| *seen == name) {
                 return Err(OAuthErrorResponse::invalid_request(format!(
                     "the parameter `{}` is repeated; send each parameter once",
-                    crate::redact::redact_keys(&name, "vk")
+                    crate::redact::redact_keys(&name, prefix)
                 )));
             }
             pairs.push((name.into_owned(), value.into_owned()));
@@ -324,7 +325,7 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthErrorResponse> {
-    let form = Form::parse(&headers, &body)?;
+    let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let credentials = client_credentials(&headers, &form)?;
     let basic = credentials.basic();
     let fail = |err: OAuthError| OAuthErrorResponse::from_error(err, basic);
@@ -420,7 +421,7 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthErrorResponse> {
-    let form = Form::parse(&headers, &body)?;
+    let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     caller(&state, &headers, &form).await?;
     let Some(token) = form.get("token") else {
         return Err(OAuthErrorResponse::invalid_request(
@@ -481,7 +482,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthErrorResponse> {
-    let form = Form::parse(&headers, &body)?;
+    let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let caller = caller(&state, &headers, &form).await?;
     let Some(token) = form.get("token") else {
         return Err(OAuthErrorResponse::invalid_request(
