@@ -12,12 +12,14 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp, spawn_app};
 
-/// Kills nginx when the test ends, pass or fail.
+/// Stops nginx when the test ends, pass or fail.
 struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM lets the master process stop its workers; SIGKILL would orphan them.
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let _ = self.0.wait();
     }
 }
