@@ -1,7 +1,7 @@
 //! The JSON objects of the public interface, shared by the HTTP API and `--json` CLI output.
 //!
 //! Domain types convert into these in one place, so a field cannot leak into a response by
-//! accident. Only [`CreatedKeyObject`] and [`SecretObject`] hold a raw key, and with them
+//! accident. Only [`CreatedKeyObject`] and [`SecretObject`] contain a raw key, and with them
 //! the objects that embed them, [`RolledKeyObject`] and [`CreatedClientObject`].
 
 use serde::{Deserialize, Serialize, Serializer};

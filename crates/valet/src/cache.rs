@@ -161,7 +161,7 @@ impl KeyCache {
     }
 }
 
-/// Ids (`jti`) of access tokens revoked before they expired, as this node knows them.
+/// Ids (`jti`) of access tokens revoked before they expired, as this node has seen them.
 ///
 /// Like the key cache, the list is complete only while the change feed is connected;
 /// callers check [`KeyCache::is_trusted`] and ask the store otherwise.

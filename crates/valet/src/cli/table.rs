@@ -27,7 +27,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// One table row per key: the columns an operator scans first.
+/// Renders one table row per key, with the columns an operator scans first.
 pub fn key_rows(keys: &[KeyObject]) -> String {
     let rows: Vec<Vec<String>> = keys
         .iter()
@@ -49,7 +49,7 @@ pub fn key_rows(keys: &[KeyObject]) -> String {
     )
 }
 
-/// Every field of one key, one per line.
+/// Renders every field of one key, one per line.
 pub fn key_detail(key: &KeyObject) -> String {
     let metadata = serde_json::to_string(&key.metadata).unwrap_or_default();
     let fields = [

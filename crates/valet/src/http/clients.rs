@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::AppState;
@@ -106,31 +106,19 @@ pub async fn show(
 pub struct UpdateClientRequest {
     #[serde(default)]
     name: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::keys::present")]
     owner: Option<Option<String>>,
     #[serde(default)]
     scopes: Option<Vec<String>>,
     #[serde(default)]
     audiences: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::keys::present")]
     default_audience: Option<Option<String>>,
     #[serde(default)]
     token_lifetime_seconds: Option<i64>,
     /// `null` removes the JWK set.
-    #[serde(default, deserialize_with = "present_json")]
+    #[serde(default, deserialize_with = "super::keys::present")]
     jwks: Option<Option<serde_json::Value>>,
-}
-
-/// Tells a JSON field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present_json<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<serde_json::Value>>, D::Error> {
-    Option::<serde_json::Value>::deserialize(deserializer).map(Some)
-}
-
-/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 pub async fn update(

@@ -122,7 +122,7 @@ async fn check_api_key(
             client_id: record.client_id.clone(),
             scopes: record.scopes.join(" "),
             owner: record.owner.clone(),
-            // A rolled key in its grace period tells its holder when it stops working.
+            // A rolled key in its grace period reports when it stops working.
             sunset: record.successor_id.as_ref().and(record.expires_at),
         }),
         (VerifyCode::InsufficientScope, Some(record)) => {

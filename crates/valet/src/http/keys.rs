@@ -169,7 +169,7 @@ pub struct UpdateKeyRequest {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -114,7 +114,7 @@ fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
-/// Parameters of a form body, each at most once.
+/// Parameters of a form body; [`Form::parse`] rejects a repeated one.
 struct Form(Vec<(String, String)>);
 
 impl Form {
@@ -475,7 +475,7 @@ pub async fn introspect(
     Ok(response)
 }
 
-/// `POST /oauth/revoke` (RFC 7009): revokes an access token or an API key, and answers 200
+/// `POST /oauth/revoke` (RFC 7009): revokes an access token or an API key, and returns 200
 /// for a token it does not know.
 pub async fn revoke(
     State(state): State<AppState>,

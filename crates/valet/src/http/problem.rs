@@ -13,7 +13,7 @@ use crate::store::StoreError;
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
-/// An error response: status, stable code and a detail that says what to do next.
+/// An error response: status, stable code and a detail that states what to do next.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,

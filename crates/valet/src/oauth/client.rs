@@ -9,7 +9,7 @@ use crate::model::InvalidField;
 pub const CLIENT_ID_LEN: usize = 16;
 /// Token lifetime when the client names none: 15 minutes.
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 900;
-/// Longest token lifetime a client may have: 24 hours.
+/// Maximum token lifetime of a client: 24 hours.
 pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
 /// Maximum number of audiences a client may be allowed.
 pub const MAX_AUDIENCES: usize = 32;

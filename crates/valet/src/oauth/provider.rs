@@ -15,8 +15,8 @@ use jsonwebtoken::errors::{ErrorKind, Result};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use sha2::{Digest, Sha256};
 
-/// Parsed key pairs, by SHA-256 of their PKCS#8 document. Keys are never removed; a
-/// server holds a handful of signing keys over its life.
+/// Parsed key pairs, by SHA-256 of their PKCS#8 document. Keys are never removed, because
+/// a server uses a handful of signing keys over its life.
 static PARSED: LazyLock<RwLock<HashMap<[u8; 32], Arc<KeyPair>>>> = LazyLock::new(Default::default);
 
 /// The provider Valet installs: cached signing, jsonwebtoken's aws-lc-rs verification.

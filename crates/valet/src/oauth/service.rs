@@ -23,7 +23,7 @@ const JTI_LEN: usize = 22;
 pub enum OAuthError {
     #[error("{0}")]
     InvalidRequest(String),
-    /// Unknown client, wrong secret or deleted client: one answer for all three, so client
+    /// Unknown client, wrong secret or deleted client: one response for all three, so client
     /// ids cannot be enumerated.
     #[error("client authentication failed")]
     InvalidClient,
@@ -103,7 +103,7 @@ pub struct VerifiedToken {
     pub scope: String,
 }
 
-/// Who calls the introspection or revocation endpoint.
+/// Caller of the introspection or revocation endpoint.
 #[derive(Clone, Debug)]
 pub enum Caller {
     /// A key with scope `admin`, which may act on any token.
@@ -554,7 +554,7 @@ impl OAuthService {
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// How far in the future an assertion's `iat` or `nbf` may be, for clock skew.
 const ASSERTION_SKEW_SECONDS: i64 = 5;
-/// Longest lifetime an assertion may claim, which bounds how long its `jti` is kept.
+/// Maximum lifetime an assertion may claim, which bounds how long its `jti` is kept.
 const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 3_600;
 
 #[derive(serde::Deserialize)]
@@ -570,10 +570,12 @@ struct AssertionClaims {
 }
 
 impl OAuthService {
-    /// Authenticates a client by a `private_key_jwt` assertion (RFC 7523 section 3): signed
-    /// by a key in the client's JWK set, `iss` and `sub` the client id, `aud` this issuer
-    /// or one of its endpoints, unexpired, no more than a few seconds early, and a `jti`
-    /// never seen before. Every failure is [`OAuthError::InvalidClient`].
+    /// Authenticates a client by a `private_key_jwt` assertion (RFC 7523 section 3).
+    ///
+    /// The assertion must be signed by a key in the client's JWK set, with `iss` and `sub`
+    /// the client id and `aud` this issuer or one of its endpoints. It must be unexpired,
+    /// at most a few seconds early, and carry a `jti` never seen before. Every failure is
+    /// [`OAuthError::InvalidClient`].
     pub async fn authenticate_assertion(
         &self,
         client_id: Option<&str>,

@@ -1,8 +1,8 @@
 //! Keys that sign access tokens: generation, the public JWK, and the jsonwebtoken keys.
 //!
 //! Key material comes from the operating system's CSPRNG and is handled by RustCrypto
-//! (`p256`, `ed25519-dalek`) and signed with by `jsonwebtoken`; nothing here implements a
-//! cryptographic primitive.
+//! (`p256`, `ed25519-dalek`). Tokens are signed by `jsonwebtoken`, so nothing here
+//! implements a cryptographic primitive.
 
 use std::fmt;
 
@@ -59,7 +59,7 @@ impl std::str::FromStr for SigningAlgorithm {
     }
 }
 
-/// A signing key as the store holds it. `Debug` never shows the private key.
+/// A signing key as stored. `Debug` never shows the private key.
 #[derive(Clone)]
 pub struct SigningKeyRecord {
     pub kid: String,

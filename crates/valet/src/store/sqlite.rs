@@ -70,7 +70,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        // SQLite has no advisory lock, so processes that open a new file at the same moment
+        // SQLite has no advisory lock. Processes that open a new file at the same moment
         // (a server and a CLI command, say) take turns through a lock file beside it while
         // they create the file, switch it to WAL and migrate it.
         let mut lock_path = path.clone().into_os_string();

@@ -97,6 +97,24 @@ fn start_server(dir: &std::path::Path, address: &str) -> (ServerGuard, String) {
     (guard, admin_key)
 }
 
+/// Runs `script` with bash in `dir`, with `VALET_ADMIN_KEY` set, and returns its standard
+/// output; fails the test when the script fails.
+fn run_script(script: &str, admin_key: &str, dir: &std::path::Path) -> String {
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .env("VALET_ADMIN_KEY", admin_key)
+        .current_dir(dir)
+        .output()
+        .expect("run bash; the walkthrough needs bash, curl and jq");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
 #[test]
 fn readme_walkthrough_runs_as_written() {
     let blocks = walkthrough_blocks(README, "Walkthrough");
@@ -122,18 +140,7 @@ fn readme_walkthrough_runs_as_written() {
         .map(|json| serde_json::from_str(&json).expect("README output comment is JSON"))
         .collect();
 
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .env("VALET_ADMIN_KEY", &admin_key)
-        .current_dir(dir.path())
-        .output()
-        .expect("run bash; the walkthrough needs bash, curl and jq");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "walkthrough failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_script(&script, &admin_key, dir.path());
 
     let printed: Vec<Value> = stdout
         .lines()
@@ -170,18 +177,7 @@ fn oauth_guide_walkthrough_runs_as_written() {
         .map(|line| line.replace(DOCUMENTED_ADDRESS, &address) + "\n")
         .collect();
 
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .env("VALET_ADMIN_KEY", &admin_key)
-        .current_dir(dir.path())
-        .output()
-        .expect("run bash; the walkthrough needs bash, curl and jq");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "walkthrough failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_script(&script, &admin_key, dir.path());
 
     let printed: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
         .into_iter::<Value>()
