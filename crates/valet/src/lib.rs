@@ -14,4 +14,5 @@ pub mod redact;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod usage;

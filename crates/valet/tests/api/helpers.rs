@@ -11,14 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use valet::http::{self, AppState};
-use valet::key::{KeyEnv, KeyFormat};
-use valet::model::{KeyName, Metadata, Scopes};
 use valet::oauth::service::OAuthService;
-use valet::service::{CacheConfig, KeyService, NewKey};
-use valet::store;
+use valet::service::{CacheConfig, KeyService};
+use valet::testing::EmbeddedServer;
 
 /// Fields of a key object, in the HTTP API and in `--json` output alike.
 pub const KEY_FIELDS: [&str; 12] = [
@@ -191,7 +186,7 @@ pub struct TestApp {
     /// Keeps the store; it is removed when the app is dropped.
     store: TestStore,
     /// Stops the change feed when dropped.
-    _stop: watch::Sender<bool>,
+    _server: EmbeddedServer,
 }
 
 /// Starts a server on a fresh store of `backend` with one `admin` key, and waits until
@@ -204,59 +199,25 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts a server on `url`, which must reach the empty store that `store` keeps alive.
 pub async fn spawn_app_at(test_store: TestStore, url: &str, cache: CacheConfig) -> TestApp {
-    let store = store::connect(url, true).await.expect("open store");
-    let service = Arc::new(KeyService::with_cache(store, KeyFormat::default(), cache));
-    let (stop, stop_rx) = watch::channel(false);
-    service.spawn_change_feed(stop_rx);
-    wait_until_trusted(&service, std::time::Duration::from_secs(2)).await;
-
-    let admin = service
-        .create(NewKey {
-            name: KeyName::parse("test admin").unwrap(),
-            owner: None,
-            scopes: Scopes::parse("scopes", &["admin"]).unwrap(),
-            env: KeyEnv::Live,
-            metadata: Metadata::default(),
-            expires_at: None,
-            client_id: None,
-        })
+    let server = EmbeddedServer::start(url, cache)
         .await
-        .expect("create admin key");
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let oauth = Arc::new(OAuthService::new(service.clone(), address.clone()));
-    oauth
-        .ensure_signing_key(valet::oauth::signing::SigningAlgorithm::Es256)
-        .await
-        .expect("signing key");
-    let state = AppState {
-        service: service.clone(),
-        oauth: oauth.clone(),
-    };
-    tokio::spawn(http::serve(listener, state, std::future::pending()));
-
+        .expect("start embedded server");
     TestApp {
-        address,
+        address: server.url.clone(),
         client: Client::new(),
-        admin_key: admin.raw.expose().to_owned(),
-        service,
-        oauth: oauth.clone(),
+        admin_key: server.admin_key.clone(),
+        service: server.service.clone(),
+        oauth: server.oauth.clone(),
         store: test_store,
-        _stop: stop,
+        _server: server,
     }
 }
 
 /// Waits until the service's cache follows the change feed, failing after `limit`.
 pub async fn wait_until_trusted(service: &KeyService, limit: std::time::Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    while !service.cache().is_trusted() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "change feed did not connect within {limit:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    valet::testing::wait_until_trusted(service, limit)
+        .await
+        .expect("change feed connects");
 }
 
 /// Sums `valet_store_queries_total` in a metrics text over operations not in `except`.
