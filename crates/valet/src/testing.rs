@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, PlainHttp};
 use crate::key::KeyFormat;
 use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
@@ -25,7 +26,7 @@ const FEED_CONNECT_LIMIT: Duration = Duration::from_secs(5);
 /// A running server with an `admin` key. Serving stops when the runtime that started it
 /// shuts down; the change feed stops when this value is dropped.
 pub struct EmbeddedServer {
-    /// Base URL, `http://127.0.0.1:<port>`, which is also the token issuer.
+    /// Base URL, `http://127.0.0.1:<port>` or `https://...`, which is also the token issuer.
     pub url: String,
     /// Raw key with scope `admin`. Deliberately not in any `Debug` output.
     pub admin_key: String,
@@ -46,6 +47,17 @@ impl EmbeddedServer {
     /// Opens (and migrates) the store at `database_url`, which should be empty, creates an
     /// admin key, and serves on a free loopback port once the cache follows the store.
     pub async fn start(database_url: &str, cache: CacheConfig) -> anyhow::Result<Self> {
+        Self::start_with(database_url, cache, None, PlainHttp::Loopback).await
+    }
+
+    /// Starts like [`EmbeddedServer::start`], serving HTTPS when `tls` is set, and otherwise
+    /// treating plain HTTP as `plain_http` says, as if the listener were not on loopback.
+    pub async fn start_with(
+        database_url: &str,
+        cache: CacheConfig,
+        tls: Option<TlsAcceptor>,
+        plain_http: PlainHttp,
+    ) -> anyhow::Result<Self> {
         let store = store::connect(database_url, true)
             .await
             .with_context(|| format!("could not open the store at {database_url}"))?;
@@ -63,7 +75,8 @@ impl EmbeddedServer {
             )?;
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr()?);
         let oauth = Arc::new(OAuthService::new(service.clone(), url.clone()));
         oauth
             .ensure_signing_key(SigningAlgorithm::Es256)
@@ -73,7 +86,13 @@ impl EmbeddedServer {
             service: service.clone(),
             oauth: oauth.clone(),
         };
-        tokio::spawn(http::serve(listener, state, std::future::pending()));
+        tokio::spawn(http::serve_with(
+            listener,
+            state,
+            tls,
+            plain_http,
+            std::future::pending(),
+        ));
 
         Ok(Self {
             url,

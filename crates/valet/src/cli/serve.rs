@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, PlainHttp};
 use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
 use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
@@ -46,6 +47,35 @@ pub struct ServeArgs {
     /// unreachable. 0 fails closed with 503 at once.
     #[arg(long, env = "VALET_STALE_IF_ERROR_SECONDS", default_value_t = 0)]
     pub stale_if_error_seconds: u64,
+
+    /// PEM file with the server certificate, then any intermediates, to serve HTTPS.
+    /// Requires --tls-key.
+    #[arg(
+        long,
+        env = "VALET_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert.
+    #[arg(
+        long,
+        env = "VALET_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Declares that a proxy in front terminates TLS, so plain HTTP on a listener that is
+    /// not on loopback may carry credentials.
+    #[arg(long, env = "VALET_BEHIND_TLS_PROXY")]
+    pub behind_tls_proxy: bool,
+
+    /// Accepts credentials over plain HTTP on a listener that is not on loopback, for
+    /// networks that the operator trusts. Anyone on the path can read them.
+    #[arg(long, env = "VALET_ALLOW_PLAIN_HTTP")]
+    pub allow_plain_http: bool,
 }
 
 fn parse_issuer(text: &str) -> Result<String, String> {
@@ -92,15 +122,30 @@ pub async fn run(
         "starting valet"
     );
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let plain_http = PlainHttp::decide(args.listen, args.behind_tls_proxy, args.allow_plain_http);
+    if tls.is_none() && plain_http == PlainHttp::Rejected {
+        tracing::warn!(
+            listen = %args.listen,
+            "serving plain HTTP on an address other hosts can reach: requests with credentials \
+             will be rejected; set --tls-cert and --tls-key, --behind-tls-proxy, or \
+             --allow-plain-http"
+        );
+    }
+
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    let base_url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
 
     // The port is bound first, so a start that cannot listen never spends the one
     // printing of the bootstrap key.
     if let Some(created) = service.bootstrap_admin().await? {
-        print_bootstrap_key(&created, local).context(
+        print_bootstrap_key(&created, &base_url).context(
             "could not print the bootstrap admin key on standard output; \
              revoke it and create another with `valet keys create --name admin --scope admin`",
         )?;
@@ -121,10 +166,7 @@ pub async fn run(
         stop_tx.subscribe(),
     ));
 
-    let issuer = args
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
+    let issuer = args.issuer.clone().unwrap_or_else(|| base_url.clone());
     let oauth = Arc::new(OAuthService::new(service.clone(), issuer.clone()));
     oauth
         .ensure_signing_key(args.signing_algorithm)
@@ -136,7 +178,8 @@ pub async fn run(
         service: service.clone(),
         oauth,
     };
-    http::serve(listener, state, shutdown_signal()).await;
+    tracing::info!(tls = tls.is_some(), plain_http = ?plain_http, "serving");
+    http::serve_with(listener, state, tls, plain_http, shutdown_signal()).await;
 
     let _ = stop_tx.send(true);
     let _ = flusher.await;
@@ -148,7 +191,7 @@ pub async fn run(
 }
 
 /// Prints the bootstrap admin key once on standard output, never through the log.
-fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Result<()> {
+fn print_bootstrap_key(created: &CreatedKey, base: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
     writeln!(
@@ -173,7 +216,7 @@ fn print_bootstrap_key(created: &CreatedKey, listen: SocketAddr) -> anyhow::Resu
     writeln!(out, "    export VALET_ADMIN_KEY='<the key above>'")?;
     writeln!(
         out,
-        "    curl -H \"Authorization: Bearer $VALET_ADMIN_KEY\" http://{listen}/v1/keys"
+        "    curl -H \"Authorization: Bearer $VALET_ADMIN_KEY\" {base}/v1/keys"
     )?;
     writeln!(out, "Key id: {}", created.record.id)?;
     writeln!(

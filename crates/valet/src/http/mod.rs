@@ -11,6 +11,7 @@ mod keys;
 mod oauth;
 mod problem;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 pub use auth::{ADMIN_SCOPE, VERIFY_SCOPE};
 pub use problem::ApiError;
 pub use server::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
+pub use tls::{PlainHttp, TlsError, acceptor as tls_acceptor};
 
 use crate::service::KeyService;
 
@@ -42,9 +44,16 @@ pub struct AppState {
     pub oauth: Arc<crate::oauth::service::OAuthService>,
 }
 
-/// Builds the router with every route, the body limit and request logging.
+/// Builds the router with every route, the body limit and request logging, for a listener
+/// on loopback.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    router_for(state, PlainHttp::Loopback)
+}
+
+/// Builds the router for a listener whose plain HTTP is protected as `plain_http` says;
+/// with [`PlainHttp::Rejected`], requests that carry credentials get a 403 or 400.
+pub fn router_for(state: AppState, plain_http: PlainHttp) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -72,7 +81,13 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let router = if plain_http == PlainHttp::Rejected {
+        router.layer(middleware::from_fn(tls::reject_plain_credentials))
+    } else {
+        router
+    };
+    router
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
@@ -88,7 +103,24 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    server::serve_router(listener, router(state), shutdown).await;
+    server::serve_router(listener, router(state), None, shutdown).await;
+}
+
+/// Serves like [`serve`], over TLS when `tls` is set, and otherwise with credentials over
+/// plain HTTP handled as `plain_http` says.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    plain_http: PlainHttp,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let plain_http = if tls.is_some() {
+        PlainHttp::Loopback
+    } else {
+        plain_http
+    };
+    server::serve_router(listener, router_for(state, plain_http), tls, shutdown).await;
 }
 
 /// Liveness: returns 200 while the process serves, without touching the store.

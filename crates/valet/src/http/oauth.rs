@@ -29,7 +29,7 @@ pub struct OAuthErrorResponse {
 }
 
 impl OAuthErrorResponse {
-    fn invalid_request(description: impl Into<String>) -> Self {
+    pub(super) fn invalid_request(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             error: "invalid_request",

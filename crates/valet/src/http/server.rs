@@ -24,9 +24,12 @@ use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tower::ServiceExt;
 
 use super::ApiError;
@@ -59,9 +62,13 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
 /// in-flight requests finish for up to [`DRAIN_TIMEOUT`] and closes what is left.
+///
+/// With `tls`, each connection first completes a TLS handshake, which must finish within
+/// [`HEADER_READ_TIMEOUT`].
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let mut builder = http1::Builder::new();
@@ -84,13 +91,23 @@ pub async fn serve_router(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(
-                    builder.clone(),
-                    stream,
-                    peer,
-                    router.clone(),
-                    drain_rx.clone(),
-                ));
+                let builder = builder.clone();
+                let router = router.clone();
+                let draining = drain_rx.clone();
+                match tls.clone() {
+                    None => {
+                        connections
+                            .spawn(serve_connection(builder, stream, peer, router, draining));
+                    }
+                    Some(acceptor) => {
+                        connections.spawn(async move {
+                            let Some(stream) = handshake(&acceptor, stream, peer).await else {
+                                return;
+                            };
+                            serve_connection(builder, stream, peer, router, draining).await;
+                        });
+                    }
+                }
             }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
@@ -151,15 +168,40 @@ async fn drain(mut connections: JoinSet<()>) {
     );
 }
 
+/// Completes the TLS handshake on `stream`, or returns `None` after logging why it failed.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            None
+        }
+        Err(_elapsed) => {
+            tracing::debug!(
+                %peer,
+                timeout_seconds = HEADER_READ_TIMEOUT.as_secs(),
+                "closed a connection whose TLS handshake did not finish in time"
+            );
+            None
+        }
+    }
+}
+
 /// Serves HTTP/1.1 requests on one connection until the client or a timeout closes it,
 /// and ends it gracefully once `draining` turns true.
-async fn serve_connection(
+async fn serve_connection<S>(
     builder: http1::Builder,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     router: Router,
     mut draining: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
         async move { Ok::<_, Infallible>(respond_within(REQUEST_TIMEOUT, router, request).await) }

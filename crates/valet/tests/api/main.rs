@@ -18,4 +18,5 @@ mod readme;
 mod roll;
 mod secrets;
 mod serving;
+mod transport;
 mod verify;

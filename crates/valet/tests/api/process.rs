@@ -140,6 +140,13 @@ impl Server {
     /// Starts `valet serve` on `store` with `VALET_LOG=log_filter` and waits until
     /// `/healthz` returns 200.
     pub async fn start(store: &Store, log_filter: &str) -> Self {
+        Self::start_on(store, log_filter, "127.0.0.1", &[]).await
+    }
+
+    /// Starts `valet serve` listening on `ip` and a free port, with `extra` arguments, and
+    /// waits until `/healthz` on 127.0.0.1 returns 200. An unspecified `ip` (`0.0.0.0`)
+    /// listens on loopback too, so the test still reaches it there.
+    pub async fn start_on(store: &Store, log_filter: &str, ip: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let stdout = store.file(&format!("serve-{port}.stdout"));
         let stderr = store.file(&format!("serve-{port}.stderr"));
@@ -148,7 +155,8 @@ impl Server {
             .env("VALET_LOG", log_filter)
             .arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{ip}:{port}"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
             .stderr(File::create(&stderr).expect("create stderr file"))

@@ -47,7 +47,7 @@ fn verify_request(admin_key: &str) -> (String, String) {
 }
 
 /// Returns the bootstrap admin key that a server printed on `stdout`.
-fn bootstrap_key(stdout: &str) -> String {
+pub fn bootstrap_key(stdout: &str) -> String {
     let keys = find_keys(stdout, "vk_live_");
     assert_eq!(keys.len(), 1, "one bootstrap key on stdout:\n{stdout}");
     keys[0].clone()
