@@ -15,4 +15,5 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+pub mod throttle;
 pub mod usage;

@@ -17,6 +17,7 @@ use crate::model::{
 };
 use crate::redact::redact_keys;
 use crate::store::{CountingStore, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::throttle::{FailureCounter, ThrottleConfig, Throttled};
 use crate::usage::UsageTracker;
 
 /// Grace period a rolled key keeps when the caller names none.
@@ -138,6 +139,11 @@ pub enum ServiceError {
     Random(getrandom::Error),
     #[error("could not find a free key id after {ID_ATTEMPTS} attempts")]
     IdExhausted,
+    #[error(
+        "too many failed attempts named key {id}; retry after {} seconds",
+        throttled.retry_after_seconds()
+    )]
+    Throttled { id: KeyId, throttled: Throttled },
 }
 
 /// Tuning of the verification cache.
@@ -169,6 +175,8 @@ pub struct KeyService {
     clients: Arc<ClientCache>,
     cache_config: CacheConfig,
     metrics: Arc<Metrics>,
+    /// Failed verifications per key id: a known id presented with a wrong secret.
+    key_failures: FailureCounter<KeyId>,
 }
 
 impl KeyService {
@@ -197,7 +205,17 @@ impl KeyService {
             clients: Arc::new(ClientCache::default()),
             cache_config,
             metrics,
+            key_failures: FailureCounter::new(
+                ThrottleConfig::default().max_failures_per_key,
+                ThrottleConfig::default().window,
+            ),
         }
+    }
+
+    /// Sets the failed-attempt limit per key id from `config`.
+    pub fn with_key_throttle(mut self, config: &ThrottleConfig) -> Self {
+        self.key_failures = FailureCounter::new(config.max_failures_per_key, config.window);
+        self
     }
 
     /// Follows the store's change feed in a background task until `stop` changes, so the
@@ -337,10 +355,21 @@ impl KeyService {
             }
         };
         let id = parsed.id();
+        // Checked before the store and the hash, so a throttled id costs nothing more.
+        if let Err(throttled) = self.key_failures.check(&id) {
+            return Err(ServiceError::Throttled { id, throttled });
+        }
         let Some(stored) = self.load_for_verify(&id).await? else {
             return Ok(not_found());
         };
         if !stored.hash.matches(&parsed.hash()) {
+            if self.key_failures.record(&id) {
+                tracing::warn!(
+                    key_id = %id,
+                    "key id reached the failed-attempt limit; verifications naming it get 429 \
+                     until the window closes"
+                );
+            }
             return Ok(not_found());
         }
 

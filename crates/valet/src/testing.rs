@@ -19,9 +19,33 @@ use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
 use crate::service::{CacheConfig, KeyService};
 use crate::store;
+use crate::throttle::{AddressThrottle, ThrottleConfig};
 
 /// How long [`EmbeddedServer::start`] waits for the cache to follow the change feed.
 const FEED_CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Settings of an [`EmbeddedServer`]. The default serves plain HTTP on loopback with the
+/// default cache and no failed-attempt throttling.
+pub struct ServerOptions {
+    pub cache: CacheConfig,
+    /// Serves HTTPS with this acceptor when set.
+    pub tls: Option<TlsAcceptor>,
+    /// The treatment of credentials over plain HTTP; `PlainHttp::Rejected` acts as on a
+    /// listener that other hosts can reach.
+    pub plain_http: PlainHttp,
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            cache: CacheConfig::default(),
+            tls: None,
+            plain_http: PlainHttp::Loopback,
+            throttle: ThrottleConfig::disabled(),
+        }
+    }
+}
 
 /// A running server with an `admin` key. Serving stops when the runtime that started it
 /// shuts down; the change feed stops when this value is dropped.
@@ -46,22 +70,29 @@ impl std::fmt::Debug for EmbeddedServer {
 impl EmbeddedServer {
     /// Opens (and migrates) the store at `database_url`, which should be empty, creates an
     /// admin key, and serves on a free loopback port once the cache follows the store.
+    /// Failed-attempt throttling is off.
     pub async fn start(database_url: &str, cache: CacheConfig) -> anyhow::Result<Self> {
-        Self::start_with(database_url, cache, None, PlainHttp::Loopback).await
+        let options = ServerOptions {
+            cache,
+            ..ServerOptions::default()
+        };
+        Self::start_with(database_url, options).await
     }
 
-    /// Starts like [`EmbeddedServer::start`], serving HTTPS when `tls` is set, and otherwise
-    /// treating plain HTTP as `plain_http` says, as if the listener were not on loopback.
-    pub async fn start_with(
-        database_url: &str,
-        cache: CacheConfig,
-        tls: Option<TlsAcceptor>,
-        plain_http: PlainHttp,
-    ) -> anyhow::Result<Self> {
+    /// Starts like [`EmbeddedServer::start`], with the settings in `options`.
+    pub async fn start_with(database_url: &str, options: ServerOptions) -> anyhow::Result<Self> {
+        let ServerOptions {
+            cache,
+            tls,
+            plain_http,
+            throttle,
+        } = options;
         let store = store::connect(database_url, true)
             .await
             .with_context(|| format!("could not open the store at {database_url}"))?;
-        let service = Arc::new(KeyService::with_cache(store, KeyFormat::default(), cache));
+        let service = Arc::new(
+            KeyService::with_cache(store, KeyFormat::default(), cache).with_key_throttle(&throttle),
+        );
         let (stop, stop_rx) = watch::channel(false);
         service.spawn_change_feed(stop_rx);
         wait_until_trusted(&service, FEED_CONNECT_LIMIT).await?;
@@ -85,6 +116,7 @@ impl EmbeddedServer {
         let state = AppState {
             service: service.clone(),
             oauth: oauth.clone(),
+            throttle: Arc::new(AddressThrottle::new(&throttle)),
         };
         tokio::spawn(http::serve_with(
             listener,

@@ -105,7 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = KeyFormat::new(key_prefix);
     match command {
         Command::Serve(args) => {
-            let service = open_service(&database_url, true, format, args.cache_config()).await?;
+            let service = open_service(&database_url, true, format, args.cache_config())
+                .await?
+                .with_key_throttle(&args.throttle_config());
+            let service = Arc::new(service);
             let result = serve::run(service.clone(), &args, &database_url).await;
             service.store().close().await;
             result
@@ -114,8 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Only `keys create` may start a new store, for bootstrap without the server.
             // The other commands fail on a mistyped path instead of showing an empty store.
             let create = matches!(command, keys::KeysCommand::Create(_));
-            let service =
-                open_service(&database_url, create, format, CacheConfig::default()).await?;
+            let service = Arc::new(
+                open_service(&database_url, create, format, CacheConfig::default()).await?,
+            );
             let result = keys::run(&service, command).await;
             service.store().close().await;
             result
@@ -123,8 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clients(command) => {
             // As with keys, only `clients create` may start a new store.
             let create = matches!(command, clients::ClientsCommand::Create(_));
-            let service =
-                open_service(&database_url, create, format, CacheConfig::default()).await?;
+            let service = Arc::new(
+                open_service(&database_url, create, format, CacheConfig::default()).await?,
+            );
             // No `ensure_signing_key` here: managing clients needs no signing key, and the
             // server creates the first one when it starts.
             let oauth = OAuthService::new(service.clone(), CLI_ISSUER.to_owned());
@@ -135,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SigningKeys(command) => {
             let service =
-                open_service(&database_url, false, format, CacheConfig::default()).await?;
+                Arc::new(open_service(&database_url, false, format, CacheConfig::default()).await?);
             let result = signing::run(service.clone(), command).await;
             service.store().close().await;
             result
@@ -148,12 +153,12 @@ async fn open_service(
     create: bool,
     format: KeyFormat,
     cache: CacheConfig,
-) -> anyhow::Result<Arc<KeyService>> {
+) -> anyhow::Result<KeyService> {
     let store = store::connect(database_url, create).await.map_err(|err| {
         anyhow::anyhow!(
             "could not open the store named by --database-url ({}): {err}",
             store::redact_url(database_url)
         )
     })?;
-    Ok(Arc::new(KeyService::with_cache(store, format, cache)))
+    Ok(KeyService::with_cache(store, format, cache))
 }

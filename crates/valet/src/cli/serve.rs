@@ -16,6 +16,7 @@ use crate::http::{self, AppState, PlainHttp};
 use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
 use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
+use crate::throttle::{AddressThrottle, ThrottleConfig};
 
 /// How often the signing keys are reread from the store. A rotation's delay should be
 /// longer than this, so every node publishes the new key before any node signs with it.
@@ -76,6 +77,34 @@ pub struct ServeArgs {
     /// networks that the operator trusts. Anyone on the path can read them.
     #[arg(long, env = "VALET_ALLOW_PLAIN_HTTP")]
     pub allow_plain_http: bool,
+
+    /// Failed attempts (rejected credentials) one client address may make per window before
+    /// its requests get 429. 0 turns address throttling off.
+    #[arg(long, env = "VALET_MAX_FAILURES_PER_ADDRESS", default_value_t = 30)]
+    pub max_failures_per_address: u32,
+
+    /// Failed attempts (a known key id with a wrong secret) per key id and window before
+    /// verifications naming that id get 429. 0 turns key throttling off.
+    #[arg(long, env = "VALET_MAX_FAILURES_PER_KEY", default_value_t = 20)]
+    pub max_failures_per_key: u32,
+
+    /// Length in seconds of the window in which failed attempts are counted.
+    #[arg(long, env = "VALET_THROTTLE_WINDOW_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub throttle_window_seconds: u64,
+
+    /// Proxies whose Forwarded or X-Forwarded-For header names the client address, as
+    /// comma-separated IP addresses or CIDR networks, for example 127.0.0.1,10.0.0.0/8.
+    #[arg(long, env = "VALET_TRUSTED_PROXIES", value_parser = parse_trusted_proxies, default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The parsed `--trusted-proxies` list.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+fn parse_trusted_proxies(text: &str) -> Result<TrustedProxies, String> {
+    crate::throttle::parse_trusted_proxies(text).map(TrustedProxies)
 }
 
 fn parse_issuer(text: &str) -> Result<String, String> {
@@ -99,6 +128,15 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl ServeArgs {
+    pub fn throttle_config(&self) -> ThrottleConfig {
+        ThrottleConfig {
+            window: Duration::from_secs(self.throttle_window_seconds),
+            max_failures_per_address: self.max_failures_per_address,
+            max_failures_per_key: self.max_failures_per_key,
+            trusted_proxies: self.trusted_proxies.0.clone(),
+        }
+    }
+
     pub fn cache_config(&self) -> CacheConfig {
         CacheConfig {
             capacity: self.cache_capacity,
@@ -119,6 +157,9 @@ pub async fn run(
         key_prefix = %service.format().prefix(),
         cache_capacity = args.cache_capacity,
         stale_if_error_seconds = args.stale_if_error_seconds,
+        max_failures_per_address = args.max_failures_per_address,
+        max_failures_per_key = args.max_failures_per_key,
+        trusted_proxies = args.trusted_proxies.0.len(),
         "starting valet"
     );
 
@@ -177,6 +218,7 @@ pub async fn run(
     let state = AppState {
         service: service.clone(),
         oauth,
+        throttle: Arc::new(AddressThrottle::new(&args.throttle_config())),
     };
     tracing::info!(tls = tls.is_some(), plain_http = ?plain_http, "serving");
     http::serve_with(listener, state, tls, plain_http, shutdown_signal()).await;

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 use super::AppState;
+use super::problem::FailedAttempt;
 use crate::model::Scopes;
 use crate::service::VerifyCode;
 
@@ -197,7 +198,9 @@ fn accepted(identity: Identity) -> Response {
 }
 
 fn invalid_token_response() -> Response {
-    challenge(StatusCode::UNAUTHORIZED, Some("invalid_token"), None)
+    let mut response = challenge(StatusCode::UNAUTHORIZED, Some("invalid_token"), None);
+    response.extensions_mut().insert(FailedAttempt);
+    response
 }
 
 fn invalid_request(description: &str) -> Response {

@@ -11,6 +11,7 @@ mod keys;
 mod oauth;
 mod problem;
 mod server;
+mod throttle;
 mod tls;
 
 use std::future::Future;
@@ -42,6 +43,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub service: Arc<KeyService>,
     pub oauth: Arc<crate::oauth::service::OAuthService>,
+    /// Failed attempts per client address, and the proxies trusted to name the address.
+    pub throttle: Arc<crate::throttle::AddressThrottle>,
 }
 
 /// Builds the router with every route, the body limit and request logging, for a listener
@@ -88,6 +91,10 @@ pub fn router_for(state: AppState, plain_http: PlainHttp) -> Router {
         router
     };
     router
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            throttle::throttle_failed_attempts,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }

@@ -26,6 +26,8 @@ pub struct OAuthErrorResponse {
     description: String,
     /// The client authenticated with HTTP Basic, so a 401 must challenge with Basic.
     basic_challenge: bool,
+    /// Seconds for `Retry-After` on a 429 or 503.
+    retry_after: Option<u64>,
 }
 
 impl OAuthErrorResponse {
@@ -35,6 +37,21 @@ impl OAuthErrorResponse {
             error: "invalid_request",
             description: description.into(),
             basic_challenge: false,
+            retry_after: None,
+        }
+    }
+
+    /// Builds a 429 for a throttled client address, with `Retry-After`.
+    pub(super) fn too_many_attempts(
+        throttled: crate::throttle::Throttled,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: "too_many_attempts",
+            description: description.into(),
+            basic_challenge: false,
+            retry_after: Some(throttled.retry_after_seconds()),
         }
     }
 
@@ -56,6 +73,13 @@ impl OAuthErrorResponse {
                 "unsupported_grant_type",
                 err.to_string(),
             ),
+            OAuthError::Service(crate::service::ServiceError::Throttled { throttled, .. }) => {
+                return Self::too_many_attempts(
+                    throttled,
+                    "too many failed attempts with this client secret; wait for Retry-After \
+                     seconds before trying again",
+                );
+            }
             OAuthError::Service(crate::service::ServiceError::Store(
                 crate::store::StoreError::Unavailable(ref cause),
             )) => {
@@ -75,11 +99,13 @@ impl OAuthErrorResponse {
                 )
             }
         };
+        let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
         Self {
             status,
             error,
             description,
             basic_challenge: basic,
+            retry_after,
         }
     }
 }
@@ -102,8 +128,13 @@ impl IntoResponse for OAuthErrorResponse {
                 HeaderValue::from_static(challenge),
             );
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.error == "invalid_client" {
+            response
+                .extensions_mut()
+                .insert(super::problem::FailedAttempt);
         }
         response
     }
@@ -242,6 +273,7 @@ fn client_credentials(
                 "authenticate the client with HTTP Basic, client_secret or a client assertion"
                     .into(),
             basic_challenge: true,
+            retry_after: None,
         }),
     }
 }
@@ -287,6 +319,7 @@ fn basic_credentials(
         error: "invalid_client",
         description: "the Authorization header is not valid HTTP Basic credentials".into(),
         basic_challenge: true,
+        retry_after: None,
     };
     let bytes = value.as_bytes();
     if bytes.len() < 6 || !bytes[..6].eq_ignore_ascii_case(b"basic ") {
@@ -395,6 +428,7 @@ async fn caller(
         error: "invalid_client",
         description: "the bearer key is not a valid key with scope admin".into(),
         basic_challenge: false,
+        retry_after: None,
     };
     let token = std::str::from_utf8(&bearer[7..])
         .map_err(|_| invalid())?

@@ -9,9 +9,15 @@ use serde::Serialize;
 
 use crate::service::ServiceError;
 use crate::store::StoreError;
+use crate::throttle::Throttled;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// Marks a response that rejected a presented credential, so the throttling middleware
+/// counts a failure for the client's address.
+#[derive(Clone, Copy, Debug)]
+pub struct FailedAttempt;
 
 /// An error response: status, stable code and a detail that states what to do next.
 #[derive(Debug)]
@@ -75,6 +81,13 @@ impl ApiError {
         err
     }
 
+    /// Builds a 429 for a throttled client address or key id, with `Retry-After`.
+    pub fn too_many_attempts(throttled: Throttled, detail: &str) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", detail);
+        err.retry_after = Some(throttled.retry_after_seconds());
+        err
+    }
+
     /// Builds a 500 and logs its cause, which is never sent to the client.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(cause), "request failed with an internal error");
@@ -107,6 +120,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::InvalidField(ref invalid) => {
                 Self::unprocessable("invalid_field", invalid.to_string())
             }
+            ServiceError::Throttled { ref throttled, .. } => Self::too_many_attempts(
+                *throttled,
+                "too many failed attempts with this key; wait for Retry-After seconds before \
+                 trying again, and check that the key is the one Valet issued",
+            ),
             ServiceError::Store(StoreError::Unavailable(ref cause)) => {
                 tracing::warn!(error = %cause, "key store unavailable");
                 Self::store_unavailable()
@@ -140,6 +158,10 @@ impl IntoResponse for ApiError {
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // A rejected credential counts against the client's address.
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "invalid_token" {
+            response.extensions_mut().insert(FailedAttempt);
         }
         response
     }

@@ -204,7 +204,14 @@ async fn serve_connection<S>(
 {
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(respond_within(REQUEST_TIMEOUT, router, request).await) }
+        async move {
+            let mut request = request;
+            // The throttling middleware reads the peer's address from here.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            Ok::<_, Infallible>(respond_within(REQUEST_TIMEOUT, router, request).await)
+        }
     });
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
 

@@ -18,5 +18,6 @@ mod readme;
 mod roll;
 mod secrets;
 mod serving;
+mod throttle;
 mod transport;
 mod verify;

@@ -4,8 +4,7 @@
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use valet::http::{PlainHttp, tls_acceptor};
-use valet::service::CacheConfig;
-use valet::testing::EmbeddedServer;
+use valet::testing::{EmbeddedServer, ServerOptions};
 
 use crate::helpers::store_queries;
 use crate::process::{Server, Store, stderr_of};
@@ -71,14 +70,14 @@ async fn https_serves_the_api_with_the_given_certificate() {
     let certificate = Certificate::generate();
     let acceptor = tls_acceptor(&certificate.cert_path(), &certificate.key_path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = EmbeddedServer::start_with(
-        &sqlite_url(&dir),
-        CacheConfig::default(),
-        Some(acceptor),
-        PlainHttp::Rejected,
-    )
-    .await
-    .unwrap();
+    let options = ServerOptions {
+        tls: Some(acceptor),
+        plain_http: PlainHttp::Rejected,
+        ..ServerOptions::default()
+    };
+    let server = EmbeddedServer::start_with(&sqlite_url(&dir), options)
+        .await
+        .unwrap();
     assert!(server.url.starts_with("https://127.0.0.1:"));
 
     let https = certificate.client();
@@ -111,14 +110,13 @@ async fn https_serves_the_api_with_the_given_certificate() {
 #[tokio::test]
 async fn plain_http_off_loopback_rejects_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let server = EmbeddedServer::start_with(
-        &sqlite_url(&dir),
-        CacheConfig::default(),
-        None,
-        PlainHttp::Rejected,
-    )
-    .await
-    .unwrap();
+    let options = ServerOptions {
+        plain_http: PlainHttp::Rejected,
+        ..ServerOptions::default()
+    };
+    let server = EmbeddedServer::start_with(&sqlite_url(&dir), options)
+        .await
+        .unwrap();
     let http = Client::new();
     let url = |path: &str| format!("{}{path}", server.url);
     let queries_before = total_store_queries(&http, &server.url).await;
