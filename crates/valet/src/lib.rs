@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod oauth;
 pub mod redact;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod telemetry;

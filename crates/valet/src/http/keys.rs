@@ -262,7 +262,7 @@ pub async fn revoke(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
-    key: String,
+    key: crate::key::RawKey,
     #[serde(default)]
     scopes: Vec<String>,
 }
@@ -273,7 +273,7 @@ pub async fn verify(
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyObject>, ApiError> {
     let required = Scopes::parse("scopes", &body.scopes).map_err(invalid)?;
-    let verification = state.service.verify(&body.key, &required).await?;
+    let verification = state.service.verify(body.key.expose(), &required).await?;
     Ok(Json(verification.into()))
 }
 

@@ -345,8 +345,8 @@ fn basic_credentials(
 }
 
 #[derive(Serialize)]
-struct TokenResponse {
-    access_token: String,
+struct TokenResponse<'a> {
+    access_token: &'a str,
     token_type: &'static str,
     expires_in: i64,
     scope: String,
@@ -388,7 +388,7 @@ pub async fn token(
         .map_err(fail)?;
 
     let mut response = Json(TokenResponse {
-        access_token: issued.access_token,
+        access_token: issued.access_token.expose(),
         token_type: "Bearer",
         expires_in: issued.expires_in,
         scope: issued.scope,

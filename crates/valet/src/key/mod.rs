@@ -5,7 +5,6 @@
 //! for storage. Nothing here does I/O.
 
 pub mod base62;
-mod raw;
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use raw::RawKey;
+pub use crate::secret::RawKey;
 
 /// Number of base62 characters in a key id.
 pub const ID_LEN: usize = 8;

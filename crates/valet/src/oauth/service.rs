@@ -85,7 +85,7 @@ pub struct CreatedClient {
 /// An issued access token.
 #[derive(Debug)]
 pub struct IssuedToken {
-    pub access_token: String,
+    pub access_token: crate::secret::AccessToken,
     pub expires_in: i64,
     pub scope: String,
 }
@@ -442,7 +442,11 @@ impl OAuthService {
         // RFC 9068 section 2.1: access tokens carry the media type at+jwt.
         header.typ = Some("at+jwt".into());
         header.kid = Some(key.kid.clone());
-        let access_token = jsonwebtoken::encode(&header, &claims, &key.encoding_key())?;
+        let access_token = crate::secret::AccessToken::new(jsonwebtoken::encode(
+            &header,
+            &claims,
+            &key.encoding_key(),
+        )?);
         tracing::debug!(client_id = %client.id, kid = %key.kid, "issued access token");
         Ok(IssuedToken {
             access_token,

@@ -490,3 +490,215 @@ async fn lifecycle_leaves_no_secret_behind() {
         }
     }
 }
+
+/// Returns every way the signing key's private DER could be written out: the bytes
+/// themselves as they sit in the store, base64 in both alphabets (as in PEM and JWK), and
+/// hex.
+fn encodings_of(der: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let hex: String = der.iter().map(|byte| format!("{byte:02x}")).collect();
+    vec![STANDARD.encode(der), URL_SAFE_NO_PAD.encode(der), hex]
+}
+
+#[tokio::test]
+async fn oauth_lifecycle_leaves_no_secret_behind() {
+    let store = Store::new();
+    let mut server = Server::start(&store, DEBUG_LOG).await;
+    let bootstrap = find_keys(&server.stdout(), "vk_live_");
+    let mut session = Session {
+        client: Client::new(),
+        address: server.address.clone(),
+        admin_key: bootstrap[0].clone(),
+        responses: Vec::new(),
+    };
+
+    let client = session
+        .admin(
+            "create client",
+            Method::POST,
+            "/v1/clients",
+            Some(json!({"name": "worker", "scopes": ["orders:read"],
+                        "audiences": ["orders"], "default_audience": "orders"})),
+            201,
+        )
+        .await;
+    let client_id = client["client_id"].as_str().unwrap().to_owned();
+    let first_secret = client["client_secret"].as_str().unwrap().to_owned();
+    session.responses.last_mut().unwrap().issued = Some(first_secret.clone());
+    let added = session
+        .admin(
+            "add client secret",
+            Method::POST,
+            &format!("/v1/clients/{client_id}/secrets"),
+            Some(json!({})),
+            201,
+        )
+        .await;
+    let second_secret = added["client_secret"].as_str().unwrap().to_owned();
+    session.responses.last_mut().unwrap().issued = Some(second_secret.clone());
+
+    // A token, then introspection and revocation of it, each authenticated by the client.
+    let address = session.address.clone();
+    let url = |path: &str| format!("{address}{path}");
+    let form_token = session
+        .client
+        .post(url("/oauth/token"))
+        .basic_auth(&client_id, Some(&first_secret))
+        .form(&[("grant_type", "client_credentials")]);
+    let (status, text) = session.record("request token", form_token).await;
+    assert_eq!(status, 200, "token; body {text}");
+    let token: Value = serde_json::from_str(&text).unwrap();
+    let access_token = token["access_token"].as_str().unwrap().to_owned();
+    session.responses.last_mut().unwrap().issued = Some(access_token.clone());
+    for (label, path) in [
+        ("introspect token", "/oauth/introspect"),
+        ("revoke token", "/oauth/revoke"),
+        ("introspect revoked token", "/oauth/introspect"),
+    ] {
+        let request = session
+            .client
+            .post(url(path))
+            .basic_auth(&client_id, Some(&second_secret))
+            .form(&[("token", access_token.as_str())]);
+        let (status, text) = session.record(label, request).await;
+        assert_eq!(status, 200, "{label}; body {text}");
+    }
+    let forward = session
+        .client
+        .get(url("/v1/forward-auth"))
+        .bearer_auth(&access_token);
+    session
+        .record("forward auth with revoked token", forward)
+        .await;
+
+    // Failures that carry a secret or token where it does not belong.
+    let failures = [
+        (
+            "token with wrong secret",
+            session
+                .client
+                .post(url("/oauth/token"))
+                .basic_auth(&client_id, Some(with_wrong_secret(&first_secret)))
+                .form(&[("grant_type", "client_credentials")]),
+        ),
+        (
+            "token with secret as scope",
+            session
+                .client
+                .post(url("/oauth/token"))
+                .basic_auth(&client_id, Some(&first_secret))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", &first_secret),
+                ]),
+        ),
+        (
+            "token with token as client id",
+            session.client.post(url("/oauth/token")).form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &access_token),
+                ("client_secret", &second_secret),
+            ]),
+        ),
+        (
+            "token with token as grant type",
+            session
+                .client
+                .post(url("/oauth/token"))
+                .basic_auth(&client_id, Some(&first_secret))
+                .form(&[("grant_type", access_token.as_str())]),
+        ),
+        (
+            "introspect with token as credential",
+            session
+                .client
+                .post(url("/oauth/introspect"))
+                .bearer_auth(&access_token)
+                .form(&[("token", access_token.as_str())]),
+        ),
+    ];
+    for (label, request) in failures {
+        let (status, text) = session.record(label, request).await;
+        assert!((400..500).contains(&status), "{label}: {status} {text}");
+    }
+
+    let rotated = store.run(&["signing-keys", "rotate", "--delay-seconds", "0"]);
+    crate::process::assert_success(&rotated, "signing-keys rotate");
+    let status = server.stop().await;
+    assert_eq!(status.code(), Some(0), "server exit code after SIGTERM");
+    let log = format!(
+        "{}{}{}",
+        server.stderr(),
+        crate::process::stdout_of(&rotated),
+        crate::process::stderr_of(&rotated)
+    );
+    assert!(
+        log.contains(&client_id),
+        "client ids logged, so the search can hit"
+    );
+
+    // The signing keys' private halves, read from the store where they live.
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&store.url())
+        .await
+        .unwrap();
+    let private_keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT private_key FROM signing_keys")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+    assert_eq!(
+        private_keys.len(),
+        2,
+        "the first signing key and the rotated one"
+    );
+
+    let mut secrets = vec![
+        ("first client secret", first_secret.clone()),
+        ("second client secret", second_secret.clone()),
+        ("access token", access_token.clone()),
+        (
+            "access token signature",
+            access_token.rsplit('.').next().unwrap().to_owned(),
+        ),
+    ];
+    for der in &private_keys {
+        for encoded in encodings_of(der) {
+            secrets.push(("signing key", encoded));
+        }
+    }
+    for (name, secret) in &secrets {
+        assert!(!log.contains(secret.as_str()), "{name} in the log");
+    }
+    for der in &private_keys {
+        assert!(
+            !contains_bytes(log.as_bytes(), der),
+            "signing key DER in the log"
+        );
+    }
+    for response in &session.responses {
+        for (name, secret) in &secrets {
+            if response.issued.as_deref() == Some(secret.as_str())
+                || (*name == "access token signature"
+                    && response.issued.as_deref() == Some(access_token.as_str()))
+            {
+                continue;
+            }
+            assert!(
+                !response.body.contains(secret.as_str()),
+                "{name} in the response to {} ({})",
+                response.label,
+                response.status
+            );
+        }
+    }
+
+    // The store keeps client secrets as SHA-256 and never sees access tokens.
+    let database = std::fs::read(store.file("valet.db")).expect("read the store");
+    for (name, secret) in &secrets[..4] {
+        assert!(
+            !contains_bytes(&database, secret.as_bytes()),
+            "{name} in the store"
+        );
+    }
+}
