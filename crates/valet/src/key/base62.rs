@@ -90,4 +90,23 @@ mod tests {
         assert_eq!(drawn.len(), 500);
         assert!(drawn.bytes().all(is_digit));
     }
+
+    #[test]
+    fn random_draws_every_digit_about_equally() {
+        // 62,000 draws give each digit 1,000 on average with a standard deviation near 31,
+        // so a bound of 800 to 1,200 fails only for a biased draw.
+        let drawn = random(62_000).unwrap();
+        let mut counts = [0u32; 62];
+        for byte in drawn.bytes() {
+            let index = ALPHABET.iter().position(|&digit| digit == byte).unwrap();
+            counts[index] += 1;
+        }
+        for (index, count) in counts.iter().enumerate() {
+            assert!(
+                (800..=1200).contains(count),
+                "digit {} drawn {count} times",
+                ALPHABET[index] as char
+            );
+        }
+    }
 }
