@@ -13,12 +13,36 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::key::{KeyFormat, KeyPrefix};
+use crate::oauth::sealing::SealingKey;
 use crate::oauth::service::OAuthService;
 use crate::service::{CacheConfig, KeyService};
 use crate::store;
 
 /// Exit code for a command that failed.
 const EXIT_FAILURE: u8 = 1;
+
+/// The text of `--signing-key-encryption-key`, parsed only after clap is done, because
+/// clap repeats an invalid value in its error message and this value is a secret.
+#[derive(Clone)]
+pub struct SealingKeyText(secrecy::SecretString);
+
+impl std::fmt::Debug for SealingKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKeyText([REDACTED])")
+    }
+}
+
+fn parse_sealing_key(text: &str) -> Result<SealingKeyText, String> {
+    Ok(SealingKeyText(text.into()))
+}
+
+impl SealingKeyText {
+    fn parse(&self) -> anyhow::Result<SealingKey> {
+        Ok(SealingKey::parse(secrecy::ExposeSecret::expose_secret(
+            &self.0,
+        ))?)
+    }
+}
 
 /// Issuer given to the `OAuthService` of `valet clients`. Those commands never issue a
 /// token or load a signing key, so this value appears in no token. It is a URN rather than
@@ -43,6 +67,18 @@ pub struct Cli {
     /// Keys with another prefix are rejected as malformed.
     #[arg(long, env = "VALET_KEY_PREFIX", default_value = "vk", global = true)]
     pub key_prefix: KeyPrefix,
+
+    /// 32 random bytes in base64 (`openssl rand -base64 32`) that encrypt the token signing
+    /// keys in the store. Prefer the environment variable: command lines are visible to
+    /// other users of the host.
+    #[arg(
+        long,
+        env = "VALET_SIGNING_KEY_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true,
+        value_parser = parse_sealing_key
+    )]
+    pub signing_key_encryption_key: Option<SealingKeyText>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -100,16 +136,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli {
         database_url,
         key_prefix,
+        signing_key_encryption_key,
         command,
     } = cli;
     let format = KeyFormat::new(key_prefix);
+    let signing_key_encryption_key = signing_key_encryption_key
+        .as_ref()
+        .map(SealingKeyText::parse)
+        .transpose()?;
     match command {
         Command::Serve(args) => {
             let service = open_service(&database_url, true, format, args.cache_config())
                 .await?
                 .with_key_throttle(&args.throttle_config());
             let service = Arc::new(service);
-            let result = serve::run(service.clone(), &args, &database_url).await;
+            let result = serve::run(
+                service.clone(),
+                &args,
+                &database_url,
+                signing_key_encryption_key,
+            )
+            .await;
             service.store().close().await;
             result
         }
@@ -141,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SigningKeys(command) => {
             let service =
                 Arc::new(open_service(&database_url, false, format, CacheConfig::default()).await?);
-            let result = signing::run(service.clone(), command).await;
+            let result = signing::run(service.clone(), signing_key_encryption_key, command).await;
             service.store().close().await;
             result
         }

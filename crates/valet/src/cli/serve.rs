@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::http::{self, AppState, PlainHttp};
+use crate::oauth::sealing::SealingKey;
 use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
 use crate::service::{CacheConfig, CreatedKey, KeyService, VerifyCode};
@@ -149,6 +150,7 @@ pub async fn run(
     service: Arc<KeyService>,
     args: &ServeArgs,
     database_url: &str,
+    sealing_key: Option<SealingKey>,
 ) -> anyhow::Result<ExitCode> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -208,7 +210,14 @@ pub async fn run(
     ));
 
     let issuer = args.issuer.clone().unwrap_or_else(|| base_url.clone());
-    let oauth = Arc::new(OAuthService::new(service.clone(), issuer.clone()));
+    if sealing_key.is_none() {
+        tracing::warn!(
+            "token signing keys are stored unencrypted; set VALET_SIGNING_KEY_ENCRYPTION_KEY so \
+             that a copy of the store cannot sign tokens"
+        );
+    }
+    let oauth =
+        Arc::new(OAuthService::new(service.clone(), issuer.clone()).with_sealing_key(sealing_key));
     oauth
         .ensure_signing_key(args.signing_algorithm)
         .await

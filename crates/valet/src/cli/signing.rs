@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::oauth::sealing::SealingKey;
 use crate::oauth::service::OAuthService;
 use crate::oauth::signing::SigningAlgorithm;
 use crate::service::KeyService;
@@ -32,11 +33,15 @@ pub struct RotateArgs {
     json: bool,
 }
 
-pub async fn run(keys: Arc<KeyService>, command: SigningKeysCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    keys: Arc<KeyService>,
+    sealing_key: Option<SealingKey>,
+    command: SigningKeysCommand,
+) -> anyhow::Result<ExitCode> {
     match command {
         SigningKeysCommand::Rotate(args) => {
             // The issuer only shapes tokens, and this command issues none.
-            let oauth = OAuthService::new(keys, String::new());
+            let oauth = OAuthService::new(keys, String::new()).with_sealing_key(sealing_key);
             let delay = time::Duration::seconds(i64::from(args.delay_seconds));
             let key = oauth.rotate_signing_key(args.algorithm, delay).await?;
             let signs_from = key

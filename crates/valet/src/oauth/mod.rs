@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod provider;
+pub mod sealing;
 pub mod service;
 pub mod signing;

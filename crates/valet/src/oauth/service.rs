@@ -5,10 +5,12 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use super::client::{
     self, ClientRecord, DEFAULT_TOKEN_LIFETIME_SECONDS, generate_client_id, is_client_id,
 };
+use super::sealing::{SealError, SealingKey, is_sealed, open};
 use super::signing::{SigningAlgorithm, SigningError, SigningKeyRecord};
 use crate::key::{KeyEnv, base62};
 use crate::model::{self, InvalidField, KeyName, Metadata, Owner, Scopes};
@@ -41,6 +43,8 @@ pub enum OAuthError {
     Signing(#[from] SigningError),
     #[error("could not sign the access token: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error(transparent)]
+    Sealing(#[from] SealError),
 }
 
 impl From<StoreError> for OAuthError {
@@ -137,6 +141,8 @@ pub struct OAuthService {
     keys: Arc<KeyService>,
     issuer: String,
     signing_keys: RwLock<Vec<SigningKeyRecord>>,
+    /// Encrypts signing keys before they are stored, when the operator set a key.
+    sealing_key: Option<SealingKey>,
 }
 
 impl OAuthService {
@@ -147,7 +153,24 @@ impl OAuthService {
             keys,
             issuer,
             signing_keys: RwLock::new(Vec::new()),
+            sealing_key: None,
         }
+    }
+
+    /// Encrypts new signing keys with `key` before they are stored, and decrypts stored
+    /// ones with it.
+    pub fn with_sealing_key(mut self, key: Option<SealingKey>) -> Self {
+        self.sealing_key = key;
+        self
+    }
+
+    /// Returns the copy of `key` that goes to the store: sealed when a sealing key is set.
+    fn for_store(&self, key: &SigningKeyRecord) -> Result<SigningKeyRecord, OAuthError> {
+        let mut stored = key.clone();
+        if let Some(sealing) = &self.sealing_key {
+            stored.private_key = Zeroizing::new(sealing.seal(&key.kid, &key.private_key)?);
+        }
+        Ok(stored)
     }
 
     pub fn issuer(&self) -> &str {
@@ -162,7 +185,10 @@ impl OAuthService {
         }
         let now = model::now();
         let key = SigningKeyRecord::generate(algorithm, now, now)?;
-        self.keys.store().insert_signing_key(&key).await?;
+        self.keys
+            .store()
+            .insert_signing_key(&self.for_store(&key)?)
+            .await?;
         tracing::info!(kid = %key.kid, algorithm = key.algorithm.as_str(), "created signing key");
         self.reload_signing_keys().await
     }
@@ -185,7 +211,7 @@ impl OAuthService {
         let retire_at = signs_from + time::Duration::seconds(client::MAX_TOKEN_LIFETIME_SECONDS);
         self.keys
             .store()
-            .rotate_signing_key(&key, retire_at)
+            .rotate_signing_key(&self.for_store(&key)?, retire_at)
             .await?;
         tracing::info!(
             kid = %key.kid,
@@ -199,7 +225,16 @@ impl OAuthService {
 
     /// Reads the published signing keys from the store.
     pub async fn reload_signing_keys(&self) -> Result<(), OAuthError> {
-        let keys = self.keys.store().signing_keys().await?;
+        let mut keys = self.keys.store().signing_keys().await?;
+        for key in &mut keys {
+            if self.sealing_key.is_some() && !is_sealed(&key.private_key) {
+                tracing::warn!(
+                    kid = %key.kid,
+                    "signing key is stored unencrypted; rotate it to store an encrypted one"
+                );
+            }
+            key.private_key = open(self.sealing_key.as_ref(), &key.kid, &key.private_key)?;
+        }
         *self.signing_keys.write().expect("signing key lock") = keys;
         Ok(())
     }

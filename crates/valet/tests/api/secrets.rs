@@ -501,10 +501,14 @@ fn encodings_of(der: &[u8]) -> Vec<String> {
     vec![STANDARD.encode(der), URL_SAFE_NO_PAD.encode(der), hex]
 }
 
+/// Key-encryption key of the signing keys in the OAuth lifecycle test.
+const SEALING_KEY: &str = "c2VhbGluZyBrZXkgZm9yIHRoZSBzZWNyZXRzIHRlc3Q=";
+
 #[tokio::test]
 async fn oauth_lifecycle_leaves_no_secret_behind() {
     let store = Store::new();
-    let mut server = Server::start(&store, DEBUG_LOG).await;
+    let sealing_flag = format!("--signing-key-encryption-key={SEALING_KEY}");
+    let mut server = Server::start_on(&store, DEBUG_LOG, "127.0.0.1", &[&sealing_flag]).await;
     let bootstrap = find_keys(&server.stdout(), "vk_live_");
     let mut session = Session {
         client: Client::new(),
@@ -623,7 +627,13 @@ async fn oauth_lifecycle_leaves_no_secret_behind() {
         assert!((400..500).contains(&status), "{label}: {status} {text}");
     }
 
-    let rotated = store.run(&["signing-keys", "rotate", "--delay-seconds", "0"]);
+    let rotated = store.run(&[
+        "signing-keys",
+        "rotate",
+        "--delay-seconds",
+        "0",
+        &sealing_flag,
+    ]);
     crate::process::assert_success(&rotated, "signing-keys rotate");
     let status = server.stop().await;
     assert_eq!(status.code(), Some(0), "server exit code after SIGTERM");
@@ -638,14 +648,28 @@ async fn oauth_lifecycle_leaves_no_secret_behind() {
         "client ids logged, so the search can hit"
     );
 
-    // The signing keys' private halves, read from the store where they live.
+    // The signing keys' private halves, read from the store, where they are sealed.
+    let sealing = valet::oauth::sealing::SealingKey::parse(SEALING_KEY).unwrap();
     let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&store.url())
         .await
         .unwrap();
-    let private_keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT private_key FROM signing_keys")
-        .fetch_all(&mut connection)
-        .await
-        .unwrap();
+    let stored: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT kid, private_key FROM signing_keys")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    let private_keys: Vec<Vec<u8>> = stored
+        .iter()
+        .map(|(kid, sealed)| {
+            assert!(
+                valet::oauth::sealing::is_sealed(sealed),
+                "signing key {kid} sealed"
+            );
+            valet::oauth::sealing::open(Some(&sealing), kid, sealed)
+                .unwrap()
+                .to_vec()
+        })
+        .collect();
     sqlx::Connection::close(connection).await.unwrap();
     assert_eq!(
         private_keys.len(),
@@ -693,12 +717,33 @@ async fn oauth_lifecycle_leaves_no_secret_behind() {
         }
     }
 
-    // The store keeps client secrets as SHA-256 and never sees access tokens.
+    // The store keeps client secrets as SHA-256, signing keys sealed, and no token.
     let database = std::fs::read(store.file("valet.db")).expect("read the store");
-    for (name, secret) in &secrets[..4] {
+    for (name, secret) in &secrets {
         assert!(
             !contains_bytes(&database, secret.as_bytes()),
             "{name} in the store"
         );
     }
+    for der in &private_keys {
+        assert!(
+            !contains_bytes(&database, der),
+            "signing key DER in the store"
+        );
+    }
+}
+
+#[test]
+fn invalid_sealing_key_is_not_repeated_in_the_error() {
+    let store = Store::new();
+    let short = "c2hvcnQgc2VjcmV0IHZhbHVl";
+    let output = store.run(&[
+        "keys",
+        "list",
+        &format!("--signing-key-encryption-key={short}"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = crate::process::stderr_of(&output);
+    assert!(stderr.contains("expected 32 bytes in base64"), "{stderr}");
+    assert!(!stderr.contains(short), "the key text in the error");
 }
