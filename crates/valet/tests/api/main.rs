@@ -5,6 +5,7 @@ mod auth;
 mod cache;
 mod cli;
 mod cli_clients;
+mod crash;
 mod errors;
 mod forward;
 mod helpers;
