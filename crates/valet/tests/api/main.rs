@@ -16,6 +16,7 @@ mod oauth;
 mod process;
 mod proxy;
 mod readme;
+mod restart;
 mod roll;
 mod secrets;
 mod serving;
