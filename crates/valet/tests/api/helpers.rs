@@ -75,16 +75,22 @@ pub fn postgres_available(test: &str) -> bool {
     if postgres_url().is_some() {
         return true;
     }
+    skip_outside_ci(
+        &format!("{test} on PostgreSQL"),
+        "VALET_TEST_POSTGRES_URL is unset; set it to a PostgreSQL server URL to run the test",
+    );
+    false
+}
+
+/// Prints a loud `SKIPPED test: reason` line for a test that cannot run here, or panics
+/// under CI (`CI` set), where every test must run.
+pub fn skip_outside_ci(test: &str, reason: &str) {
     if std::env::var_os("CI").is_some() {
-        panic!("{test}: VALET_TEST_POSTGRES_URL is unset under CI; PostgreSQL tests must run");
+        panic!("{test} must run under CI, but cannot: {reason}");
     }
     // Writing to the stream directly, not through `eprintln!`, gets past the test
     // harness's output capture, so the skip shows even when the test passes.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test} on PostgreSQL: set VALET_TEST_POSTGRES_URL to run it"
-    );
-    false
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 /// A PostgreSQL schema of its own for one test, dropped when this value is dropped.

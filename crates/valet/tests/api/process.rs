@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::{Method, Response};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -44,6 +45,16 @@ impl Store {
             dir: tempfile::tempdir().expect("temporary directory"),
             url: schema.url.clone(),
             _schema: Some(schema),
+        }
+    }
+
+    /// Uses the database at `url`, which the caller created and keeps alive, with a
+    /// temporary directory for the processes' files.
+    pub fn at(url: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+            url: url.to_owned(),
+            _schema: None,
         }
     }
 
@@ -213,6 +224,24 @@ impl Server {
         std::fs::read_to_string(&self.stderr).expect("read stderr file")
     }
 
+    /// Returns the admin key that the server printed when it bootstrapped an empty store.
+    pub fn bootstrap_key(&self) -> String {
+        let keys = find_keys(&self.stdout(), "vk_live_");
+        assert_eq!(keys.len(), 1, "valet serve printed one bootstrap key");
+        keys[0].clone()
+    }
+
+    /// Returns whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll valet serve").is_none()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would end it, and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill valet serve");
+        self.child.wait().expect("wait for valet serve");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn stop(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
@@ -245,9 +274,49 @@ impl Drop for Server {
     }
 }
 
+/// Requests to a `valet serve` process, authenticated with an admin key.
+#[derive(Clone)]
+pub struct AdminClient {
+    client: reqwest::Client,
+    address: String,
+    admin_key: String,
+}
+
+impl AdminClient {
+    /// Creates a client for `server` whose requests fail after `timeout`, so that a server
+    /// that hangs fails the test instead of stalling it.
+    pub fn new(server: &Server, admin_key: &str, timeout: Duration) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .expect("HTTP client"),
+            address: server.address.clone(),
+            admin_key: admin_key.to_owned(),
+        }
+    }
+
+    /// Sends `method path` with `body` as JSON, if any.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Result<Response> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(&self.admin_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await
+    }
+}
+
 /// Returns a loopback port that was free a moment ago. Another process may take it
 /// before the server binds it, which makes the server exit and the test fail loudly.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("bind a free loopback port")
