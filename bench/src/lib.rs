@@ -67,6 +67,11 @@ impl ServerProcess {
             .map(str::to_owned)
     }
 
+    /// Returns the process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the process at once.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
