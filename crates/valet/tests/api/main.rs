@@ -8,6 +8,7 @@ mod cli_clients;
 mod errors;
 mod forward;
 mod helpers;
+mod hostile;
 mod keys;
 mod multinode;
 mod nginx;
