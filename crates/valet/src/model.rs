@@ -199,6 +199,9 @@ impl Metadata {
                 format!("is {size} bytes as JSON; the maximum is {MAX_METADATA_BYTES}"),
             ));
         }
+        if object_contains_nul(&map) {
+            return Err(nul_error("metadata"));
+        }
         Ok(Self(map))
     }
 
@@ -209,6 +212,40 @@ impl Metadata {
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
+}
+
+/// Rejects JSON that contains U+0000 in a string or an object member name.
+///
+/// PostgreSQL cannot store that character in `jsonb` and fails the whole insert, so it is
+/// rejected on every backend, and a request means the same on SQLite and PostgreSQL.
+pub fn check_no_nul(field: &'static str, value: &Value) -> Result<(), InvalidField> {
+    if contains_nul(value) {
+        return Err(nul_error(field));
+    }
+    Ok(())
+}
+
+fn nul_error(field: &'static str) -> InvalidField {
+    InvalidField::new(
+        field,
+        "must not contain the character U+0000 (\\u0000) in a string or a member name",
+    )
+}
+
+/// Returns whether `value` contains U+0000 anywhere. The recursion is bounded because
+/// serde_json refuses to parse JSON nested 128 levels deep or more.
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => object_contains_nul(map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn object_contains_nul(map: &Map<String, Value>) -> bool {
+    map.iter()
+        .any(|(name, item)| name.contains('\0') || contains_nul(item))
 }
 
 /// A key as stored, without its hash.
@@ -392,6 +429,22 @@ mod tests {
         assert!(Metadata::parse(serde_json::json!([1, 2])).is_err());
         let big = serde_json::json!({ "blob": "x".repeat(MAX_METADATA_BYTES) });
         assert!(Metadata::parse(big).is_err());
+    }
+
+    #[test]
+    fn nul_is_rejected_anywhere_in_json() {
+        let clean = serde_json::json!({"a": ["b", {"c": 1}]});
+        assert!(check_no_nul("metadata", &clean).is_ok());
+        for value in [
+            serde_json::json!({"a": "x\u{0}"}),
+            serde_json::json!({"a\u{0}": 1}),
+            serde_json::json!({"a": [{"b": ["\u{0}"]}]}),
+        ] {
+            let err = check_no_nul("metadata", &value).unwrap_err();
+            assert_eq!(err.field, "metadata", "{value}");
+        }
+        let map = serde_json::json!({"a": "\u{0}"});
+        assert!(Metadata::parse(map).is_err());
     }
 
     #[test]

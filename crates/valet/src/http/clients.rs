@@ -1,14 +1,14 @@
 //! Handlers for `/v1/clients`: OAuth client registration and secrets, for admin keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::AppState;
 use super::auth::Admin;
-use super::extract::{ApiJson, OptionalJson};
+use super::extract::{ApiJson, ClientIdPath, OptionalJson};
 use super::problem::ApiError;
 use crate::api::{ClientListObject, ClientObject, CreatedClientObject, SecretObject};
 use crate::model::{InvalidField, KeyName, Owner, Scopes};
@@ -95,7 +95,7 @@ pub async fn list(
 pub async fn show(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ClientIdPath(id): ClientIdPath,
 ) -> Result<Json<ClientObject>, ApiError> {
     let client = state.oauth.get_client(&id).await.map_err(api_error)?;
     Ok(Json(client.into()))
@@ -124,7 +124,7 @@ pub struct UpdateClientRequest {
 pub async fn update(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ClientIdPath(id): ClientIdPath,
     ApiJson(body): ApiJson<UpdateClientRequest>,
 ) -> Result<Json<ClientObject>, ApiError> {
     if let Some(Some(default)) = &body.default_audience {
@@ -160,6 +160,13 @@ pub async fn update(
             .map_err(invalid)?,
         token_lifetime_seconds: body.token_lifetime_seconds,
     };
+    if update.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_update",
+            "the body changes nothing: send one or more of name, owner, scopes, audiences, \
+             default_audience, token_lifetime_seconds and jwks",
+        ));
+    }
     let client = state
         .oauth
         .update_client(&id, update)
@@ -171,7 +178,7 @@ pub async fn update(
 pub async fn delete(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ClientIdPath(id): ClientIdPath,
 ) -> Result<StatusCode, ApiError> {
     state.oauth.delete_client(&id).await.map_err(api_error)?;
     Ok(StatusCode::NO_CONTENT)
@@ -187,7 +194,7 @@ pub struct AddSecretRequest {
 pub async fn add_secret(
     _admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ClientIdPath(id): ClientIdPath,
     OptionalJson(body): OptionalJson<AddSecretRequest>,
 ) -> Result<(StatusCode, Json<SecretObject>), ApiError> {
     let created = state

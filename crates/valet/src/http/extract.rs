@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::problem::ApiError;
 use crate::key::KeyId;
+use crate::oauth::client::{CLIENT_ID_LEN, is_client_id};
 use crate::redact::redact_keys;
 
 /// A JSON request body. The body must be non-empty and sent as `application/json`.
@@ -44,23 +45,62 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
-async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), ApiError> {
-    let headers = req.headers().clone();
-    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
+/// Failure to read a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The body, or the `Content-Length` that announces it, is over [`super::MAX_BODY_BYTES`].
+    TooLarge,
+    /// The connection failed or the framing was broken, such as an invalid chunk size.
+    Unreadable,
+}
+
+impl BodyError {
+    /// Returns the message for the client: what was wrong and what to do.
+    pub fn detail(self) -> String {
+        match self {
+            Self::TooLarge => format!(
+                "the request body is larger than {} bytes; send a smaller body",
+                super::MAX_BODY_BYTES
+            ),
+            Self::Unreadable => "the request body could not be read: check its Content-Length \
+                                 or chunked encoding"
+                .to_owned(),
+        }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::TooLarge => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!(
-                    "the request body is larger than {} bytes",
-                    super::MAX_BODY_BYTES
-                ),
-            )
+                err.detail(),
+            ),
+            BodyError::Unreadable => ApiError::bad_request("unreadable_body", err.detail()),
+        }
+    }
+}
+
+/// Reads the whole body of `req`, at most [`super::MAX_BODY_BYTES`].
+///
+/// A `Content-Length` over the limit is rejected before any of the body is read, so a
+/// client that announces a huge body and sends none gets its 413 at once instead of a
+/// 408 when the request timeout ends.
+pub async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), BodyError> {
+    let headers = req.headers().clone();
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > super::MAX_BODY_BYTES as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            BodyError::TooLarge
         } else {
-            ApiError::bad_request(
-                "unreadable_body",
-                "the request body could not be read: check its Content-Length or chunked encoding",
-            )
+            BodyError::Unreadable
         }
     })?;
     Ok((headers, bytes))
@@ -157,9 +197,43 @@ impl FromRequestParts<AppState> for KeyIdPath {
                 "the key id in the path is not valid: a key id is 8 characters from 0-9, A-Z and a-z",
             )
         };
-        let Path(text) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| invalid())?;
+        let text = path_id(parts, state).await.ok_or_else(invalid)?;
         KeyId::parse(&text).map(Self).map_err(|_| invalid())
+    }
+}
+
+/// Reads the `{id}` path segment, or returns `None` when it is not UTF-8 once
+/// percent-decoded.
+async fn path_id(parts: &mut Parts, state: &AppState) -> Option<String> {
+    let Path(text) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .ok()?;
+    Some(text)
+}
+
+/// The `{id}` path segment, checked to have the shape of a client id.
+pub struct ClientIdPath(pub String);
+
+impl FromRequestParts<AppState> for ClientIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let invalid = || {
+            ApiError::bad_request(
+                "invalid_client_id",
+                format!(
+                    "the client id in the path is not valid: a client id is {CLIENT_ID_LEN} \
+                     characters from 0-9, A-Z and a-z"
+                ),
+            )
+        };
+        let text = path_id(parts, state).await.ok_or_else(invalid)?;
+        if !is_client_id(&text) {
+            return Err(invalid());
+        }
+        Ok(Self(text))
     }
 }

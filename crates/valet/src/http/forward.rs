@@ -47,12 +47,16 @@ pub async fn forward_auth(
     let Ok(Query(params)) = params else {
         return invalid_request("the query string is not valid; use ?scope=a%20b");
     };
-    let scope_text = params.scope.or_else(|| {
-        headers
-            .get(REQUIRED_SCOPES)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
-    });
+    // The query parameter wins over the header, so a client cannot lower the scopes the
+    // proxy names in the URL. The header is read only when it is unambiguous: a second
+    // copy, or bytes that are not text, could otherwise make the check require nothing.
+    let scope_text = match params.scope {
+        Some(scope) => Some(scope),
+        None => match required_scopes_header(&headers) {
+            Ok(scope) => scope,
+            Err(response) => return *response,
+        },
+    };
     let scope_list: Vec<&str> = scope_text
         .as_deref()
         .unwrap_or_default()
@@ -79,6 +83,25 @@ pub async fn forward_auth(
         Ok(identity) => accepted(identity),
         Err(response) => *response,
     }
+}
+
+/// Reads `X-Valet-Required-Scopes`, rejecting a repeated header or one that is not text.
+fn required_scopes_header(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let mut values = headers.get_all(REQUIRED_SCOPES).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Box::new(invalid_request(
+            "send X-Valet-Required-Scopes once, or name the scopes in ?scope=",
+        )));
+    }
+    let text = value.to_str().map_err(|_| {
+        Box::new(invalid_request(
+            "X-Valet-Required-Scopes must be space-delimited scope tokens in ASCII",
+        ))
+    })?;
+    Ok(Some(text.to_owned()))
 }
 
 /// Reads the credential from `Authorization: Bearer` or `X-API-Key`, never the query.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 pub use auth::{ADMIN_SCOPE, VERIFY_SCOPE};
 pub use problem::ApiError;
-pub use server::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
+pub use server::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, REQUEST_TIMEOUT};
 pub use tls::{PlainHttp, TlsError, acceptor as tls_acceptor};
 
 use crate::service::KeyService;
@@ -167,12 +167,18 @@ async fn route_not_found() -> ApiError {
     )
 }
 
-async fn method_not_allowed() -> ApiError {
+/// Builds the 405 response for a method that the route does not take, in the error format
+/// of the route's family: RFC 6749 JSON under `/oauth`, problem details elsewhere.
+async fn method_not_allowed(uri: Uri) -> Response {
+    if uri.path().starts_with("/oauth/") {
+        return oauth::method_not_allowed().into_response();
+    }
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this endpoint does not accept that HTTP method",
     )
+    .into_response()
 }
 
 /// Runs each request in a span with its method and matched route pattern, and counts it by

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::extract::{BodyError, read_body};
 use crate::oauth::client::ClientRecord;
 use crate::oauth::service::{Caller, Introspection, JWT_BEARER_ASSERTION, OAuthError};
 
@@ -145,6 +146,33 @@ fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
+/// The whole body of an OAuth request. A body that cannot be read gets an error in the
+/// RFC 6749 format, like every other failure of these endpoints.
+pub struct FormBody(Bytes);
+
+impl FromRequest<AppState> for FormBody {
+    type Rejection = OAuthErrorResponse;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (_, bytes) = read_body(req, state).await.map_err(|err| {
+            let mut response = OAuthErrorResponse::invalid_request(err.detail());
+            if err == BodyError::TooLarge {
+                response.status = StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            response
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+/// Builds the 405 response to a method other than POST at an OAuth endpoint.
+pub(super) fn method_not_allowed() -> OAuthErrorResponse {
+    let mut response =
+        OAuthErrorResponse::invalid_request("this endpoint accepts only the POST method");
+    response.status = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
 /// Parameters of a form body; [`Form::parse`] rejects a repeated one.
 struct Form(Vec<(String, String)>);
 
@@ -152,9 +180,15 @@ impl Form {
     /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an
     /// `invalid_request` (RFC 6749 section 3.2).
     fn parse(headers: &HeaderMap, body: &[u8], prefix: &str) -> Result<Self, OAuthErrorResponse> {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+        let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
+        let (Some(content_type), None) = (content_types.next(), content_types.next()) else {
+            return Err(OAuthErrorResponse::invalid_request(
+                "send one Content-Type header, application/x-www-form-urlencoded",
+            ));
+        };
+        let content_type = content_type
+            .to_str()
+            .ok()
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
         if content_type.as_deref() != Some("application/x-www-form-urlencoded") {
@@ -356,7 +390,7 @@ struct TokenResponse<'a> {
 pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Result<Response, OAuthErrorResponse> {
     let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let credentials = client_credentials(&headers, &form)?;
@@ -453,7 +487,7 @@ async fn caller(
 pub async fn introspect(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Result<Response, OAuthErrorResponse> {
     let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     caller(&state, &headers, &form).await?;
@@ -514,7 +548,7 @@ pub async fn introspect(
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Result<Response, OAuthErrorResponse> {
     let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let caller = caller(&state, &headers, &form).await?;

@@ -43,6 +43,13 @@ use super::ApiError;
 /// idle connections too.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Maximum size of a request head, the request line and header lines together, in bytes.
+/// A larger head gets hyper's empty 431 and the connection is closed.
+///
+/// Without this limit, hyper 1.13 checks its read buffer size (about 400 KiB) only while a
+/// head is incomplete, so a head that completes within one read may be larger.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Maximum time from the end of a request's headers until its response is ready. It covers
 /// the handler's work and reading the body, because handlers read the body before they
 /// respond. A request that exceeds it gets a 408 problem with code `request_timeout`, and
@@ -75,6 +82,7 @@ pub async fn serve_router(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

@@ -101,6 +101,7 @@ pub fn check_jwks(jwks: &serde_json::Value) -> Result<serde_json::Value, Invalid
     if keys.is_empty() || keys.len() > MAX_CLIENT_KEYS {
         return Err(invalid(&format!("must hold 1 to {MAX_CLIENT_KEYS} keys")));
     }
+    crate::model::check_no_nul("jwks", jwks)?;
     for (index, key) in keys.iter().enumerate() {
         if key.get("d").is_some() {
             return Err(invalid(&format!(
@@ -120,11 +121,39 @@ pub fn check_jwks(jwks: &serde_json::Value) -> Result<serde_json::Value, Invalid
         let usable = parsed
             .ok()
             .is_some_and(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).is_ok());
-        if !usable {
+        if !usable || !is_public_point(key) {
             return Err(invalid(&format!("key {index} is not a valid public JWK")));
         }
     }
     Ok(jwks.clone())
+}
+
+/// Returns whether the coordinates of an EC P-256 or OKP Ed25519 JWK are a valid public
+/// key. `DecodingKey::from_jwk` of jsonwebtoken 12 accepts an `x` of 3 bytes, so without
+/// this check a key that can never verify an assertion would be registered.
+fn is_public_point(key: &serde_json::Value) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let coordinate = |name: &str| {
+        key[name]
+            .as_str()
+            .and_then(|text| URL_SAFE_NO_PAD.decode(text).ok())
+            .filter(|bytes| bytes.len() == 32)
+    };
+    match key["kty"].as_str() {
+        Some("EC") => {
+            let (Some(x), Some(y)) = (coordinate("x"), coordinate("y")) else {
+                return false;
+            };
+            let point = [&[0x04][..], &x, &y].concat();
+            p256::PublicKey::from_sec1_bytes(&point).is_ok()
+        }
+        Some("OKP") => coordinate("x")
+            .and_then(|x| <[u8; 32]>::try_from(x).ok())
+            .is_some_and(|x| ed25519_dalek::VerifyingKey::from_bytes(&x).is_ok()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +166,27 @@ mod tests {
         assert!(is_client_id(&id));
         assert!(!is_client_id("short"));
         assert!(!is_client_id("AAAAAAAAAAAAAAA-"));
+    }
+
+    #[test]
+    fn public_point_must_be_on_the_curve() {
+        use base64::Engine;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let secret = p256::SecretKey::from_slice(&[7; 32]).unwrap();
+        let point = secret.public_key().to_sec1_bytes();
+        let (x, y) = (encode(&point[1..33]), encode(&point[33..65]));
+        let ec =
+            |x: &str, y: &str| serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y});
+        assert!(is_public_point(&ec(&x, &y)));
+        assert!(!is_public_point(&ec("AAAA", &y)), "short x");
+        assert!(!is_public_point(&ec(&y, &x)), "swapped coordinates");
+
+        let okp = |x: &str| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x});
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        assert!(is_public_point(&okp(&encode(
+            signing.verifying_key().as_bytes()
+        ))));
+        assert!(!is_public_point(&okp("AAAA")), "short x");
     }
 
     #[test]

@@ -79,6 +79,19 @@ pub struct ClientUpdate {
     pub jwks: Option<Option<serde_json::Value>>,
 }
 
+impl ClientUpdate {
+    /// Returns whether the update names no field, so applying it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.owner.is_none()
+            && self.scopes.is_none()
+            && self.audiences.is_none()
+            && self.default_audience.is_none()
+            && self.token_lifetime_seconds.is_none()
+            && self.jwks.is_none()
+    }
+}
+
 /// A client just created, with its first secret.
 #[derive(Debug)]
 pub struct CreatedClient {

@@ -293,6 +293,25 @@ impl TestApp {
             .await
     }
 
+    /// Gets an access token for a client with `client_secret_basic` and every scope of the
+    /// client.
+    pub async fn access_token(&self, client_id: &str, client_secret: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/oauth/token"))
+            .basic_auth(client_id, Some(client_secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request sent");
+        assert_eq!(response.status(), 200, "token request");
+        let body: Value = response.json().await.expect("token response is JSON");
+        body["access_token"]
+            .as_str()
+            .expect("token response has access_token")
+            .to_owned()
+    }
+
     /// Verifies `key` through the API, with the admin key, and returns the JSON response.
     pub async fn verify(&self, key: &str, scopes: &[&str]) -> Value {
         let response = self

@@ -9,6 +9,7 @@ mod crash;
 mod errors;
 mod forward;
 mod helpers;
+mod hostile;
 mod keys;
 mod multinode;
 mod nginx;
