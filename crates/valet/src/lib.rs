@@ -15,3 +15,16 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+
+/// The request parsers of the HTTP layer, for the fuzz targets in `fuzz/`. This is not a
+/// stable interface: other code reaches them through the HTTP API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::clients::{CreateClientRequest, UpdateClientRequest};
+    pub use crate::http::extract::parse_json;
+    pub use crate::http::keys::{CreateKeyRequest, RollRequest, UpdateKeyRequest, VerifyRequest};
+    pub use crate::http::oauth::{
+        ClientCredentials, Form, OAuthErrorResponse, TokenParameters, basic_credentials,
+        client_credentials,
+    };
+}

@@ -38,6 +38,21 @@ impl OAuthErrorResponse {
         }
     }
 
+    /// Returns the HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Returns the RFC 6749 error code, such as `invalid_request`.
+    pub fn error(&self) -> &'static str {
+        self.error
+    }
+
+    /// Returns the `error_description` sent to the client.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
     fn from_error(err: OAuthError, basic: bool) -> Self {
         let (status, error, description) = match err {
             OAuthError::InvalidRequest(text) => (StatusCode::BAD_REQUEST, "invalid_request", text),
@@ -115,12 +130,16 @@ fn no_store(headers: &mut HeaderMap) {
 }
 
 /// Parameters of a form body; [`Form::parse`] rejects a repeated one.
-struct Form(Vec<(String, String)>);
+pub struct Form(Vec<(String, String)>);
 
 impl Form {
     /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an
     /// `invalid_request` (RFC 6749 section 3.2).
-    fn parse(headers: &HeaderMap, body: &[u8], prefix: &str) -> Result<Self, OAuthErrorResponse> {
+    pub fn parse(
+        headers: &HeaderMap,
+        body: &[u8],
+        prefix: &str,
+    ) -> Result<Self, OAuthErrorResponse> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -144,17 +163,23 @@ impl Form {
         Ok(Self(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    /// Returns the value of the parameter `name`, if the body has it.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     }
+
+    /// Returns every parameter as a name and value, in the order of the body.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
 }
 
 /// Client credentials from `client_secret_basic`, `client_secret_post` or
 /// `private_key_jwt`.
-enum ClientCredentials {
+pub enum ClientCredentials {
     Secret {
         client_id: String,
         secret: zeroize::Zeroizing<String>,
@@ -168,14 +193,14 @@ enum ClientCredentials {
 
 impl ClientCredentials {
     /// Returns whether the client used HTTP Basic, which shapes a 401's challenge.
-    fn basic(&self) -> bool {
+    pub fn basic(&self) -> bool {
         matches!(self, Self::Secret { basic: true, .. })
     }
 }
 
 /// Reads the client's credentials, rejecting two methods at once and a body `client_id`
 /// that differs from the Basic one.
-fn client_credentials(
+pub fn client_credentials(
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<ClientCredentials, OAuthErrorResponse> {
@@ -270,7 +295,7 @@ async fn authenticate_client(
 
 /// Decodes `Authorization: Basic`, whose id and secret are form-urlencoded before Base64
 /// (RFC 6749 section 2.3.1).
-fn basic_credentials(
+pub fn basic_credentials(
     headers: &HeaderMap,
 ) -> Result<Option<(String, zeroize::Zeroizing<String>)>, OAuthErrorResponse> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -311,6 +336,49 @@ fn basic_credentials(
     Ok(Some((id, secret)))
 }
 
+/// The parameters of a client credentials token request (RFC 6749 section 4.4.2), read
+/// before the client is authenticated.
+pub struct TokenParameters<'a> {
+    /// The space-delimited `scope`, if the request names one.
+    pub scope: Option<&'a str>,
+    /// The `resource` (RFC 8707) or `audience` that the token is for, if the request names
+    /// one.
+    pub audience: Option<&'a str>,
+}
+
+impl<'a> TokenParameters<'a> {
+    /// Checks `grant_type` and reads `scope` and `resource` or `audience` from `form`.
+    /// `basic` is whether the client used HTTP Basic, which sets the challenge of an error.
+    pub fn from_form(form: &'a Form, basic: bool) -> Result<Self, OAuthErrorResponse> {
+        match form.get("grant_type") {
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Err(OAuthErrorResponse::from_error(
+                    OAuthError::UnsupportedGrantType,
+                    basic,
+                ));
+            }
+            None => {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "grant_type is missing: send grant_type=client_credentials",
+                ));
+            }
+        }
+        let audience = match (form.get("resource"), form.get("audience")) {
+            (Some(_), Some(_)) => {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "send either resource or audience, not both",
+                ));
+            }
+            (resource, audience) => resource.or(audience),
+        };
+        Ok(Self {
+            scope: form.get("scope"),
+            audience,
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct TokenResponse {
     access_token: String,
@@ -328,31 +396,13 @@ pub async fn token(
     let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let credentials = client_credentials(&headers, &form)?;
     let basic = credentials.basic();
-    let fail = |err: OAuthError| OAuthErrorResponse::from_error(err, basic);
-
-    match form.get("grant_type") {
-        Some("client_credentials") => {}
-        Some(_) => return Err(fail(OAuthError::UnsupportedGrantType)),
-        None => {
-            return Err(OAuthErrorResponse::invalid_request(
-                "grant_type is missing: send grant_type=client_credentials",
-            ));
-        }
-    }
-    let audience = match (form.get("resource"), form.get("audience")) {
-        (Some(_), Some(_)) => {
-            return Err(OAuthErrorResponse::invalid_request(
-                "send either resource or audience, not both",
-            ));
-        }
-        (resource, audience) => resource.or(audience),
-    };
+    let parameters = TokenParameters::from_form(&form, basic)?;
 
     let client = authenticate_client(&state, &credentials).await?;
     let issued = state
         .oauth
-        .issue_token(&client, form.get("scope"), audience)
-        .map_err(fail)?;
+        .issue_token(&client, parameters.scope, parameters.audience)
+        .map_err(|err| OAuthErrorResponse::from_error(err, basic))?;
 
     let mut response = Json(TokenResponse {
         access_token: issued.access_token,
@@ -538,3 +588,4 @@ pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> 
         "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
     }))
 }
+
