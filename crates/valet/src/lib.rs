@@ -18,3 +18,16 @@ pub mod telemetry;
 pub mod testing;
 pub mod throttle;
 pub mod usage;
+
+/// The request parsers of the HTTP layer, for the fuzz targets in `fuzz/`. This is not a
+/// stable interface: other code reaches them through the HTTP API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::clients::{CreateClientRequest, UpdateClientRequest};
+    pub use crate::http::extract::parse_json;
+    pub use crate::http::keys::{CreateKeyRequest, RollRequest, UpdateKeyRequest, VerifyRequest};
+    pub use crate::http::oauth::{
+        ClientCredentials, Form, OAuthErrorResponse, TokenParameters, basic_credentials,
+        client_credentials,
+    };
+}

@@ -506,20 +506,8 @@ impl KeyService {
         grace: Duration,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<RolledKey, ServiceError> {
-        if grace.is_negative() || grace > MAX_GRACE {
-            return Err(InvalidField::new(
-                "grace_period_seconds",
-                format!(
-                    "must be between 0 and {} seconds (7 days)",
-                    MAX_GRACE.whole_seconds()
-                ),
-            )
-            .into());
-        }
         let now = model::now();
-        let expires_at = expires_at
-            .map(|at| model::parse_expiry(at, now))
-            .transpose()?;
+        let expires_at = check_roll(grace, expires_at, now)?;
         // Only the env is read ahead, to generate the raw key; it never changes after
         // creation. Everything else is copied inside the store's transaction.
         let env = self.get(id).await?.env;
@@ -613,6 +601,27 @@ impl KeyService {
             record.last_used_at = Some(record.last_used_at.map_or(at, |stored| stored.max(at)));
         }
     }
+}
+
+/// Checks a roll's grace period, 0 to 7 days, and the successor's requested expiry, which
+/// it returns in UTC as [`model::parse_expiry`] does.
+pub fn check_roll(
+    grace: Duration,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, InvalidField> {
+    if grace.is_negative() || grace > MAX_GRACE {
+        return Err(InvalidField::new(
+            "grace_period_seconds",
+            format!(
+                "must be between 0 and {} seconds (7 days)",
+                MAX_GRACE.whole_seconds()
+            ),
+        ));
+    }
+    expires_at
+        .map(|at| model::parse_expiry(at, now))
+        .transpose()
 }
 
 fn not_found() -> Verification {

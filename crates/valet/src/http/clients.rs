@@ -33,33 +33,40 @@ pub struct CreateClientRequest {
     jwks: Option<serde_json::Value>,
 }
 
+impl CreateClientRequest {
+    /// Validates every field into the service's input for a new client.
+    pub fn into_new_client(self) -> Result<NewClient, ApiError> {
+        if let Some(default) = &self.default_audience {
+            check_audience("default_audience", default).map_err(invalid)?;
+        }
+        Ok(NewClient {
+            name: KeyName::parse(&self.name).map_err(invalid)?,
+            owner: self
+                .owner
+                .as_deref()
+                .map(Owner::parse)
+                .transpose()
+                .map_err(invalid)?,
+            scopes: Scopes::parse("scopes", &self.scopes).map_err(invalid)?,
+            audiences: check_audiences(&self.audiences).map_err(invalid)?,
+            default_audience: self.default_audience,
+            token_lifetime_seconds: self.token_lifetime_seconds,
+            jwks: self
+                .jwks
+                .as_ref()
+                .map(check_jwks)
+                .transpose()
+                .map_err(invalid)?,
+        })
+    }
+}
+
 pub async fn create(
     _admin: Admin,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateClientRequest>,
 ) -> Result<(StatusCode, Json<CreatedClientObject>), ApiError> {
-    if let Some(default) = &body.default_audience {
-        check_audience("default_audience", default).map_err(invalid)?;
-    }
-    let new = NewClient {
-        name: KeyName::parse(&body.name).map_err(invalid)?,
-        owner: body
-            .owner
-            .as_deref()
-            .map(Owner::parse)
-            .transpose()
-            .map_err(invalid)?,
-        scopes: Scopes::parse("scopes", &body.scopes).map_err(invalid)?,
-        audiences: check_audiences(&body.audiences).map_err(invalid)?,
-        default_audience: body.default_audience,
-        token_lifetime_seconds: body.token_lifetime_seconds,
-        jwks: body
-            .jwks
-            .as_ref()
-            .map(check_jwks)
-            .transpose()
-            .map_err(invalid)?,
-    };
+    let new = body.into_new_client()?;
     let created = state.oauth.create_client(new).await.map_err(api_error)?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
@@ -121,52 +128,60 @@ pub struct UpdateClientRequest {
     jwks: Option<Option<serde_json::Value>>,
 }
 
+impl UpdateClientRequest {
+    /// Validates the fields sent into a client update.
+    pub fn into_update(self) -> Result<ClientUpdate, ApiError> {
+        if let Some(Some(default)) = &self.default_audience {
+            check_audience("default_audience", default).map_err(invalid)?;
+        }
+        let update = ClientUpdate {
+            name: self
+                .name
+                .as_deref()
+                .map(KeyName::parse)
+                .transpose()
+                .map_err(invalid)?,
+            owner: self
+                .owner
+                .map(|owner| owner.as_deref().map(Owner::parse).transpose())
+                .transpose()
+                .map_err(invalid)?,
+            scopes: self
+                .scopes
+                .map(|scopes| Scopes::parse("scopes", &scopes))
+                .transpose()
+                .map_err(invalid)?,
+            audiences: self
+                .audiences
+                .map(|audiences| check_audiences(&audiences))
+                .transpose()
+                .map_err(invalid)?,
+            default_audience: self.default_audience,
+            jwks: self
+                .jwks
+                .map(|jwks| jwks.as_ref().map(check_jwks).transpose())
+                .transpose()
+                .map_err(invalid)?,
+            token_lifetime_seconds: self.token_lifetime_seconds,
+        };
+        if update.is_empty() {
+            return Err(ApiError::unprocessable(
+                "empty_update",
+                "the body changes nothing: send one or more of name, owner, scopes, audiences, \
+                 default_audience, token_lifetime_seconds and jwks",
+            ));
+        }
+        Ok(update)
+    }
+}
+
 pub async fn update(
     _admin: Admin,
     State(state): State<AppState>,
     ClientIdPath(id): ClientIdPath,
     ApiJson(body): ApiJson<UpdateClientRequest>,
 ) -> Result<Json<ClientObject>, ApiError> {
-    if let Some(Some(default)) = &body.default_audience {
-        check_audience("default_audience", default).map_err(invalid)?;
-    }
-    let update = ClientUpdate {
-        name: body
-            .name
-            .as_deref()
-            .map(KeyName::parse)
-            .transpose()
-            .map_err(invalid)?,
-        owner: body
-            .owner
-            .map(|owner| owner.as_deref().map(Owner::parse).transpose())
-            .transpose()
-            .map_err(invalid)?,
-        scopes: body
-            .scopes
-            .map(|scopes| Scopes::parse("scopes", &scopes))
-            .transpose()
-            .map_err(invalid)?,
-        audiences: body
-            .audiences
-            .map(|audiences| check_audiences(&audiences))
-            .transpose()
-            .map_err(invalid)?,
-        default_audience: body.default_audience,
-        jwks: body
-            .jwks
-            .map(|jwks| jwks.as_ref().map(check_jwks).transpose())
-            .transpose()
-            .map_err(invalid)?,
-        token_lifetime_seconds: body.token_lifetime_seconds,
-    };
-    if update.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_update",
-            "the body changes nothing: send one or more of name, owner, scopes, audiences, \
-             default_audience, token_lifetime_seconds and jwks",
-        ));
-    }
+    let update = body.into_update()?;
     let client = state
         .oauth
         .update_client(&id, update)

@@ -118,6 +118,12 @@ fn decode<T: DeserializeOwned>(
             "send the body as JSON with the header Content-Type: application/json",
         ));
     }
+    parse_json(bytes, state.service.format().prefix().as_str())
+}
+
+/// Parses a JSON object into `T`. A problem names the field that failed and replaces
+/// anything that could be a key of `prefix` with `[REDACTED]`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
     // serde would also accept an array, matching fields by position; the API takes
     // objects only.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
@@ -130,7 +136,6 @@ fn decode<T: DeserializeOwned>(
         ));
     }
 
-    let prefix = state.service.format().prefix().as_str();
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
         Ok(value) => match deserializer.end() {

@@ -38,6 +38,30 @@ pub struct CreateKeyRequest {
     expires_at: Option<OffsetDateTime>,
 }
 
+impl CreateKeyRequest {
+    /// Validates every field into the service's input for a new key.
+    pub fn into_new_key(self) -> Result<NewKey, ApiError> {
+        Ok(NewKey {
+            name: KeyName::parse(&self.name).map_err(invalid)?,
+            owner: self
+                .owner
+                .as_deref()
+                .map(Owner::parse)
+                .transpose()
+                .map_err(invalid)?,
+            scopes: Scopes::parse("scopes", &self.scopes).map_err(invalid)?,
+            env: self.env,
+            metadata: Metadata::parse(
+                self.metadata
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+            )
+            .map_err(invalid)?,
+            expires_at: self.expires_at,
+            client_id: None,
+        })
+    }
+}
+
 pub async fn create(
     _admin: Admin,
     State(state): State<AppState>,
@@ -50,24 +74,7 @@ pub async fn create(
     ),
     ApiError,
 > {
-    let new = NewKey {
-        name: KeyName::parse(&body.name).map_err(invalid)?,
-        owner: body
-            .owner
-            .as_deref()
-            .map(Owner::parse)
-            .transpose()
-            .map_err(invalid)?,
-        scopes: Scopes::parse("scopes", &body.scopes).map_err(invalid)?,
-        env: body.env,
-        metadata: Metadata::parse(
-            body.metadata
-                .unwrap_or_else(|| Value::Object(Default::default())),
-        )
-        .map_err(invalid)?,
-        expires_at: body.expires_at,
-        client_id: None,
-    };
+    let new = body.into_new_key()?;
     let created = state.service.create(new).await?;
     let location = format!("/v1/keys/{}", created.record.id);
     Ok((
@@ -193,39 +200,47 @@ fn not_null<T>(
     }
 }
 
+impl UpdateKeyRequest {
+    /// Validates the fields sent into a key update; a body that changes nothing is an error.
+    pub fn into_update(self) -> Result<KeyUpdate, ApiError> {
+        let name = not_null("name", self.name, "send a new name or leave the field out")?;
+        let scopes = not_null("scopes", self.scopes, "send [] to remove every scope")?;
+        let metadata = not_null("metadata", self.metadata, "send {} to clear the metadata")?;
+        let owner = self
+            .owner
+            .map(|owner| owner.as_deref().map(Owner::parse).transpose())
+            .transpose();
+
+        let update = KeyUpdate {
+            name: name
+                .as_deref()
+                .map(KeyName::parse)
+                .transpose()
+                .map_err(invalid)?,
+            owner: owner.map_err(invalid)?,
+            scopes: scopes
+                .map(|scopes| Scopes::parse("scopes", &scopes))
+                .transpose()
+                .map_err(invalid)?,
+            metadata: metadata.map(Metadata::parse).transpose().map_err(invalid)?,
+        };
+        if update.is_empty() {
+            return Err(ApiError::unprocessable(
+                "empty_update",
+                "the body changes nothing: send one or more of name, owner, scopes and metadata",
+            ));
+        }
+        Ok(update)
+    }
+}
+
 pub async fn update(
     _admin: Admin,
     State(state): State<AppState>,
     KeyIdPath(id): KeyIdPath,
     ApiJson(body): ApiJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyObject>, ApiError> {
-    let name = not_null("name", body.name, "send a new name or leave the field out")?;
-    let scopes = not_null("scopes", body.scopes, "send [] to remove every scope")?;
-    let metadata = not_null("metadata", body.metadata, "send {} to clear the metadata")?;
-    let owner = body
-        .owner
-        .map(|owner| owner.as_deref().map(Owner::parse).transpose())
-        .transpose();
-
-    let update = KeyUpdate {
-        name: name
-            .as_deref()
-            .map(KeyName::parse)
-            .transpose()
-            .map_err(invalid)?,
-        owner: owner.map_err(invalid)?,
-        scopes: scopes
-            .map(|scopes| Scopes::parse("scopes", &scopes))
-            .transpose()
-            .map_err(invalid)?,
-        metadata: metadata.map(Metadata::parse).transpose().map_err(invalid)?,
-    };
-    if update.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_update",
-            "the body changes nothing: send one or more of name, owner, scopes and metadata",
-        ));
-    }
+    let update = body.into_update()?;
     Ok(Json(state.service.update(&id, update).await?.into()))
 }
 
@@ -238,16 +253,30 @@ pub struct RollRequest {
     expires_at: Option<OffsetDateTime>,
 }
 
+impl RollRequest {
+    /// Returns how long the old key stays valid: the requested grace period, or the default
+    /// of 24 hours.
+    pub fn grace(&self) -> Duration {
+        self.grace_period_seconds
+            .map_or(DEFAULT_GRACE, Duration::seconds)
+    }
+
+    /// Returns the requested expiry of the new key, if any.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+}
+
 pub async fn roll(
     _admin: Admin,
     State(state): State<AppState>,
     KeyIdPath(id): KeyIdPath,
     OptionalJson(body): OptionalJson<RollRequest>,
 ) -> Result<(StatusCode, Json<RolledKeyObject>), ApiError> {
-    let grace = body
-        .grace_period_seconds
-        .map_or(DEFAULT_GRACE, Duration::seconds);
-    let rolled = state.service.roll(&id, grace, body.expires_at).await?;
+    let rolled = state
+        .service
+        .roll(&id, body.grace(), body.expires_at())
+        .await?;
     Ok((StatusCode::CREATED, Json(rolled.into())))
 }
 
@@ -267,12 +296,24 @@ pub struct VerifyRequest {
     scopes: Vec<String>,
 }
 
+impl VerifyRequest {
+    /// Returns the presented key, exactly as sent.
+    pub fn key(&self) -> &str {
+        self.key.expose()
+    }
+
+    /// Validates the scopes that the key must hold.
+    pub fn required_scopes(&self) -> Result<Scopes, ApiError> {
+        Scopes::parse("scopes", &self.scopes).map_err(invalid)
+    }
+}
+
 pub async fn verify(
     _verifier: Verifier,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyObject>, ApiError> {
-    let required = Scopes::parse("scopes", &body.scopes).map_err(invalid)?;
+    let required = body.required_scopes()?;
     let verification = state.service.verify(body.key.expose(), &required).await?;
     Ok(Json(verification.into()))
 }

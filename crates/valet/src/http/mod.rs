@@ -4,11 +4,11 @@
 //! [`KeyService`], and turn the result into JSON or problem details.
 
 mod auth;
-mod clients;
-mod extract;
+pub(crate) mod clients;
+pub(crate) mod extract;
 mod forward;
-mod keys;
-mod oauth;
+pub(crate) mod keys;
+pub(crate) mod oauth;
 mod problem;
 mod server;
 mod throttle;

@@ -56,6 +56,21 @@ impl OAuthErrorResponse {
         }
     }
 
+    /// Returns the HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Returns the RFC 6749 error code, such as `invalid_request`.
+    pub fn error(&self) -> &'static str {
+        self.error
+    }
+
+    /// Returns the `error_description` sent to the client.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
     fn from_error(err: OAuthError, basic: bool) -> Self {
         let (status, error, description) = match err {
             OAuthError::InvalidRequest(text) => (StatusCode::BAD_REQUEST, "invalid_request", text),
@@ -174,12 +189,16 @@ pub(super) fn method_not_allowed() -> OAuthErrorResponse {
 }
 
 /// Parameters of a form body; [`Form::parse`] rejects a repeated one.
-struct Form(Vec<(String, String)>);
+pub struct Form(Vec<(String, String)>);
 
 impl Form {
     /// Parses an `application/x-www-form-urlencoded` body; a repeated parameter is an
     /// `invalid_request` (RFC 6749 section 3.2).
-    fn parse(headers: &HeaderMap, body: &[u8], prefix: &str) -> Result<Self, OAuthErrorResponse> {
+    pub fn parse(
+        headers: &HeaderMap,
+        body: &[u8],
+        prefix: &str,
+    ) -> Result<Self, OAuthErrorResponse> {
         let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
         let (Some(content_type), None) = (content_types.next(), content_types.next()) else {
             return Err(OAuthErrorResponse::invalid_request(
@@ -209,17 +228,23 @@ impl Form {
         Ok(Self(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    /// Returns the value of the parameter `name`, if the body has it.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     }
+
+    /// Returns every parameter as a name and value, in the order of the body.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
 }
 
 /// Client credentials from `client_secret_basic`, `client_secret_post` or
 /// `private_key_jwt`.
-enum ClientCredentials {
+pub enum ClientCredentials {
     Secret {
         client_id: String,
         secret: zeroize::Zeroizing<String>,
@@ -233,14 +258,14 @@ enum ClientCredentials {
 
 impl ClientCredentials {
     /// Returns whether the client used HTTP Basic, which shapes a 401's challenge.
-    fn basic(&self) -> bool {
+    pub fn basic(&self) -> bool {
         matches!(self, Self::Secret { basic: true, .. })
     }
 }
 
 /// Reads the client's credentials, rejecting two methods at once and a body `client_id`
 /// that differs from the Basic one.
-fn client_credentials(
+pub fn client_credentials(
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<ClientCredentials, OAuthErrorResponse> {
@@ -336,7 +361,7 @@ async fn authenticate_client(
 
 /// Decodes `Authorization: Basic`, whose id and secret are form-urlencoded before Base64
 /// (RFC 6749 section 2.3.1).
-fn basic_credentials(
+pub fn basic_credentials(
     headers: &HeaderMap,
 ) -> Result<Option<(String, zeroize::Zeroizing<String>)>, OAuthErrorResponse> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -367,15 +392,66 @@ fn basic_credentials(
     let Some(colon) = decoded.iter().position(|b| *b == b':') else {
         return Err(malformed());
     };
-    let decode = |part: &[u8]| -> String {
-        form_urlencoded::parse(&[b"v=".as_slice(), part].concat())
-            .next()
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default()
-    };
-    let id = decode(&decoded[..colon]);
-    let secret = zeroize::Zeroizing::new(decode(&decoded[colon + 1..]));
+    let id = form_decode(&decoded[..colon]);
+    let secret = zeroize::Zeroizing::new(form_decode(&decoded[colon + 1..]));
     Ok(Some((id, secret)))
+}
+
+/// Decodes one application/x-www-form-urlencoded value: `+` is a space, `%XX` is a byte,
+/// and invalid UTF-8 becomes U+FFFD. Every other byte, `&` and `=` included, is itself,
+/// because the value is not part of a list of parameters.
+fn form_decode(part: &[u8]) -> String {
+    let spaced = zeroize::Zeroizing::new(
+        part.iter()
+            .map(|&byte| if byte == b'+' { b' ' } else { byte })
+            .collect::<Vec<u8>>(),
+    );
+    let bytes =
+        zeroize::Zeroizing::new(percent_encoding::percent_decode(&spaced).collect::<Vec<u8>>());
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The parameters of a client credentials token request (RFC 6749 section 4.4.2), read
+/// before the client is authenticated.
+pub struct TokenParameters<'a> {
+    /// The space-delimited `scope`, if the request names one.
+    pub scope: Option<&'a str>,
+    /// The `resource` (RFC 8707) or `audience` that the token is for, if the request names
+    /// one.
+    pub audience: Option<&'a str>,
+}
+
+impl<'a> TokenParameters<'a> {
+    /// Checks `grant_type` and reads `scope` and `resource` or `audience` from `form`.
+    /// `basic` is whether the client used HTTP Basic, which sets the challenge of an error.
+    pub fn from_form(form: &'a Form, basic: bool) -> Result<Self, OAuthErrorResponse> {
+        match form.get("grant_type") {
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Err(OAuthErrorResponse::from_error(
+                    OAuthError::UnsupportedGrantType,
+                    basic,
+                ));
+            }
+            None => {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "grant_type is missing: send grant_type=client_credentials",
+                ));
+            }
+        }
+        let audience = match (form.get("resource"), form.get("audience")) {
+            (Some(_), Some(_)) => {
+                return Err(OAuthErrorResponse::invalid_request(
+                    "send either resource or audience, not both",
+                ));
+            }
+            (resource, audience) => resource.or(audience),
+        };
+        Ok(Self {
+            scope: form.get("scope"),
+            audience,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -395,31 +471,13 @@ pub async fn token(
     let form = Form::parse(&headers, &body, state.service.format().prefix().as_str())?;
     let credentials = client_credentials(&headers, &form)?;
     let basic = credentials.basic();
-    let fail = |err: OAuthError| OAuthErrorResponse::from_error(err, basic);
-
-    match form.get("grant_type") {
-        Some("client_credentials") => {}
-        Some(_) => return Err(fail(OAuthError::UnsupportedGrantType)),
-        None => {
-            return Err(OAuthErrorResponse::invalid_request(
-                "grant_type is missing: send grant_type=client_credentials",
-            ));
-        }
-    }
-    let audience = match (form.get("resource"), form.get("audience")) {
-        (Some(_), Some(_)) => {
-            return Err(OAuthErrorResponse::invalid_request(
-                "send either resource or audience, not both",
-            ));
-        }
-        (resource, audience) => resource.or(audience),
-    };
+    let parameters = TokenParameters::from_form(&form, basic)?;
 
     let client = authenticate_client(&state, &credentials).await?;
     let issued = state
         .oauth
-        .issue_token(&client, form.get("scope"), audience)
-        .map_err(fail)?;
+        .issue_token(&client, parameters.scope, parameters.audience)
+        .map_err(|err| OAuthErrorResponse::from_error(err, basic))?;
 
     let mut response = Json(TokenResponse {
         access_token: issued.access_token.expose(),
@@ -605,4 +663,39 @@ pub async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> 
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(credentials: &str) -> Result<Option<(String, String)>, OAuthErrorResponse> {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(credentials));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        basic_credentials(&headers).map(|read| read.map(|(id, secret)| (id, secret.to_string())))
+    }
+
+    #[test]
+    fn basic_keeps_ampersand_in_secret() {
+        // Found by the basic_auth fuzz target: the secret was cut at the first `&`.
+        let read = basic("id:secret&rest").unwrap();
+        assert_eq!(read, Some(("id".into(), "secret&rest".into())));
+    }
+
+    #[test]
+    fn basic_decodes_form_encoding() {
+        let read = basic("my+client%21:p%40ss=word+%2B").unwrap();
+        assert_eq!(read, Some(("my client!".into(), "p@ss=word +".into())));
+    }
+
+    #[test]
+    fn basic_without_colon_is_invalid_client() {
+        let err = basic("no-colon").unwrap_err();
+        assert_eq!(err.error(), "invalid_client");
+        assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+    }
 }

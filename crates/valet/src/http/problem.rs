@@ -62,6 +62,16 @@ impl ApiError {
         self.code
     }
 
+    /// Returns the HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Returns the detail sent to the client.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }

@@ -273,8 +273,10 @@ impl KeyFormat {
         Ok(self.assemble(env, id, &secret))
     }
 
-    /// Writes a key from its parts and appends the checksum.
-    fn assemble(&self, env: KeyEnv, id: &KeyId, secret: &str) -> RawKey {
+    /// Writes a key from its parts and appends the checksum. `secret` is written as given,
+    /// so keys for use come from [`KeyFormat::generate`]; this is the inverse of
+    /// [`KeyFormat::parse`] for tests and fuzzing.
+    pub fn assemble(&self, env: KeyEnv, id: &KeyId, secret: &str) -> RawKey {
         let mut body = String::with_capacity(MAX_KEY_LEN);
         body.push_str(self.prefix.as_str());
         body.push('_');
