@@ -21,14 +21,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = read_body(req, state).await?;
+        let (json, bytes) = read_body(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::bad_request(
                 "missing_body",
                 "the request body is empty; send a JSON object",
             ));
         }
-        decode(&headers, &bytes, state).map(Self)
+        decode(json, &bytes, state).map(Self)
     }
 }
 
@@ -36,16 +36,19 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = read_body(req, state).await?;
+        let (json, bytes) = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(Self(T::default()));
         }
-        decode(&headers, &bytes, state).map(Self)
+        decode(json, &bytes, state).map(Self)
     }
 }
 
-async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), ApiError> {
-    let headers = req.headers().clone();
+/// Reads the whole body, and whether the request declared it as JSON. The content type is
+/// read before the body consumes the request, so the headers need no copy, but it is only
+/// checked after the body has been read, so that a body error takes precedence.
+async fn read_body(req: Request, state: &AppState) -> Result<(bool, Bytes), ApiError> {
+    let json = is_json(req.headers());
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -63,15 +66,11 @@ async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes),
             )
         }
     })?;
-    Ok((headers, bytes))
+    Ok((json, bytes))
 }
 
-fn decode<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    bytes: &[u8],
-    state: &AppState,
-) -> Result<T, ApiError> {
-    if !is_json(headers) {
+fn decode<T: DeserializeOwned>(json: bool, bytes: &[u8], state: &AppState) -> Result<T, ApiError> {
+    if !json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
