@@ -171,13 +171,14 @@ pub fn check_responses(targets: &[Target]) -> anyhow::Result<()> {
 
 /// The metric that counts store queries, by operation.
 const STORE_QUERIES: &str = "valet_store_queries_total";
-/// Operations of the change feed, which polls the store whatever the load, and of the
-/// flusher that writes `last_used_at` every 30 s.
-const BACKGROUND_OPERATIONS: [&str; 4] = [
+/// Operations of the change feed, which polls the store whatever the load, of the flusher
+/// that writes `last_used_at` every 30 s, and of the signing key reload every 30 s.
+const BACKGROUND_OPERATIONS: [&str; 5] = [
     "snapshot_ids",
     "poll_changes",
     "prune_changes",
     "record_usage",
+    "signing_keys",
 ];
 
 /// What every response of a target must be, checked against the server's counters.

@@ -295,7 +295,8 @@ fn print_report(options: &LoadOptions, targets: &[Target], memory_kib: u64) {
     let background: f64 = targets.iter().map(Target::background_store_queries).sum();
     println!(
         "Store queries: the difference of valet_store_queries_total across the measured \
-         windows, without those of the change feed's polling and the last_used_at flusher, \
+         windows, without those of the change feed's polling, the last_used_at flusher and \
+         the signing key reload, \
          which sent {background} queries over all windows."
     );
     println!("Load: {}", options.describe());
