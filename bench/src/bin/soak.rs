@@ -88,7 +88,6 @@ async fn run(options: &Options, work_dir: &std::path::Path) -> anyhow::Result<()
     let admin = server
         .bootstrap_key()
         .context("the server printed no bootstrap key")?;
-    let pid = server.pid().context("the server has no process id")?;
     let http = reqwest::Client::new();
     let base = server.address.clone();
 
@@ -161,7 +160,7 @@ async fn run(options: &Options, work_dir: &std::path::Path) -> anyhow::Result<()
     let mut samples: Vec<(Duration, u64)> = Vec::new();
     while started.elapsed() < total {
         tokio::time::sleep(SAMPLE_INTERVAL).await;
-        samples.push((started.elapsed(), resident_kib(pid)?));
+        samples.push((started.elapsed(), server.resident_memory_kib()?));
     }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
@@ -213,17 +212,6 @@ async fn token(http: &reqwest::Client, base: &str, client_id: &str, secret: &str
             .as_str()
             .is_some_and(|t| t.split('.').count() == 3)
     })
-}
-
-/// Reads VmRSS of process `pid` from `/proc`, in KiB.
-fn resident_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
-        .context("no VmRSS line in /proc/PID/status")
 }
 
 fn report(options: &Options, counts: &Counts, samples: &[(Duration, u64)], elapsed: Duration) {

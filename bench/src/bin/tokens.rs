@@ -24,7 +24,7 @@ use anyhow::{Context, bail, ensure};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use valet_bench::{free_port, machine, quantile};
+use valet_bench::{free_port, loopback_client, machine_summary, pinned_command, quantile};
 
 /// Load on each server before any measurement, so that caches, connection pools and Node's
 /// JIT compiler are warm.
@@ -266,21 +266,11 @@ impl Server {
     }
 }
 
-/// Builds the command that runs `program`, under `taskset -c CPUS` when `cpus` is set.
-fn server_command(program: &Path, cpus: Option<&str>) -> Command {
-    let Some(cpus) = cpus else {
-        return Command::new(program);
-    };
-    let mut command = Command::new("taskset");
-    command.args(["-c", cpus]).arg(program);
-    command
-}
-
 /// Starts `valet serve` on a new SQLite store and registers one client through the admin API.
 async fn start_valet(options: &Options, work_dir: &Path) -> anyhow::Result<(Server, Target)> {
     let port = free_port()?;
     let database_url = format!("sqlite://{}", work_dir.join("valet.db").display());
-    let mut command = server_command(&options.valet, options.server_cpus.as_deref());
+    let mut command = pinned_command(&options.valet, options.server_cpus.as_deref());
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("VALET_DATABASE_URL", database_url)
@@ -336,7 +326,7 @@ async fn start_oidc_provider(
 ) -> anyhow::Result<(Server, Target)> {
     let port = free_port()?;
     let client_secret = valet::key::base62::random(43)?;
-    let mut command = server_command(&options.node, options.server_cpus.as_deref());
+    let mut command = pinned_command(&options.node, options.server_cpus.as_deref());
     command
         .arg(&options.oidc_script)
         .arg(port.to_string())
@@ -633,17 +623,6 @@ fn is_token_response(body: &[u8]) -> bool {
     is_bearer && is_jws
 }
 
-/// Builds an HTTP/1.1 client that keeps one idle connection and never uses a proxy, so
-/// requests go straight to the loopback server whatever the environment's proxy settings.
-fn loopback_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
 fn print_report(options: &Options, contenders: &[Contender]) {
     let ms = |duration: Duration| format!("{:.2} ms", duration.as_secs_f64() * 1_000.0);
     let share = |cpu: Duration, load: &Load| {
@@ -841,29 +820,6 @@ fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<usize>> {
 fn format_cpu_list(cpus: &[usize]) -> String {
     let names: Vec<String> = cpus.iter().map(usize::to_string).collect();
     names.join(",")
-}
-
-/// Describes the machine: logical cores, memory and CPU model.
-///
-/// `valet_bench::machine` counts the cores this process may use, which under `taskset -c 0`
-/// is one, so the cores here are counted in `/proc/cpuinfo` and only the memory is taken
-/// from `machine`.
-fn machine_summary() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cores = cpuinfo
-        .lines()
-        .filter(|line| line.starts_with("processor"))
-        .count();
-    let model = cpuinfo
-        .lines()
-        .find(|line| line.starts_with("model name"))
-        .and_then(|line| line.split_once(':'))
-        .map_or("unknown CPU model", |(_, model)| model.trim());
-    let memory = machine();
-    let memory = memory
-        .split_once(", ")
-        .map_or(memory.as_str(), |(_, memory)| memory);
-    format!("{cores} cores, {memory}, {model}")
 }
 
 /// Runs `program flag` and returns its first line of output.

@@ -128,7 +128,7 @@ impl From<Verification> for VerifyObject {
         Self {
             valid: verification.code == VerifyCode::Valid,
             code: verification.code,
-            key: verification.key.map(KeyObject::from),
+            key: verification.key.map(|key| key.to_record().into()),
             message: verification.message,
         }
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::key::{KeyId, base62};
+use crate::key::{IdHashBuilder, KeyId, base62};
 use crate::metrics::Metrics;
 use crate::model::StoredKey;
 use crate::oauth::client::ClientRecord;
@@ -31,9 +31,9 @@ pub enum Lookup {
 /// Keys verified recently, and every issued id.
 #[derive(Debug)]
 pub struct KeyCache {
-    entries: RwLock<HashMap<KeyId, Arc<StoredKey>>>,
+    entries: RwLock<HashMap<KeyId, Arc<StoredKey>, IdHashBuilder>>,
     /// Every issued id as its base62 value; 8 digits fit in a `u64`.
-    issued: RwLock<HashSet<u64>>,
+    issued: RwLock<HashSet<u64, IdHashBuilder>>,
     trusted: AtomicBool,
     /// Bumped by every invalidation, so that a load which raced with a change is dropped.
     epoch: AtomicU64,
@@ -49,8 +49,8 @@ impl KeyCache {
     /// Creates an empty, untrusted cache with room for at most `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: RwLock::new(HashMap::new()),
-            issued: RwLock::new(HashSet::new()),
+            entries: RwLock::new(HashMap::default()),
+            issued: RwLock::new(HashSet::default()),
             trusted: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             untrusted_since: Mutex::new(Some(Instant::now())),
@@ -69,23 +69,27 @@ impl KeyCache {
         if !self.is_trusted() {
             return Lookup::Miss(epoch);
         }
-        if !self
+        // Every cached key was issued: `resync` empties the cache when it replaces the id
+        // filter, and `insert` drops a key loaded before that. So a hit needs no look at
+        // the filter.
+        if let Some(stored) = self.entries.read().expect("cache lock").get(id) {
+            return Lookup::Hit(stored.clone());
+        }
+        let issued = self
             .issued
             .read()
             .expect("cache lock")
-            .contains(&id_value(id))
-        {
-            return Lookup::NeverIssued;
-        }
-        match self.entries.read().expect("cache lock").get(id) {
-            Some(stored) => Lookup::Hit(stored.clone()),
-            None => Lookup::Miss(epoch),
+            .contains(&id_value(id));
+        if issued {
+            Lookup::Miss(epoch)
+        } else {
+            Lookup::NeverIssued
         }
     }
 
     /// Offers a key loaded from the store. It is kept only when the cache is trusted and
     /// nothing was invalidated since the lookup that returned `epoch`.
-    pub fn insert(&self, stored: StoredKey, epoch: u64) {
+    pub fn insert(&self, stored: Arc<StoredKey>, epoch: u64) {
         if !self.is_trusted() {
             return;
         }
@@ -98,7 +102,7 @@ impl KeyCache {
         {
             entries.remove(&victim);
         }
-        entries.insert(stored.record.id.clone(), Arc::new(stored));
+        entries.insert(stored.record.id.clone(), stored);
     }
 
     /// Returns a cached key while the cache has been untrusted for at most `window`, for
@@ -131,7 +135,7 @@ impl KeyCache {
 
     /// Replaces the id filter with `ids`, empties the cache and trusts it again.
     pub fn resync(&self, ids: &[KeyId]) {
-        let issued: HashSet<u64> = ids.iter().map(id_value).collect();
+        let issued: HashSet<u64, IdHashBuilder> = ids.iter().map(id_value).collect();
         let mut entries = self.entries.write().expect("cache lock");
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.clear();
@@ -301,8 +305,8 @@ mod tests {
     use crate::key::{KeyEnv, KeyHash};
     use crate::model::KeyRecord;
 
-    fn stored(id: &str) -> StoredKey {
-        StoredKey {
+    fn stored(id: &str) -> Arc<StoredKey> {
+        Arc::new(StoredKey {
             record: KeyRecord {
                 id: KeyId::parse(id).unwrap(),
                 name: "n".into(),
@@ -318,7 +322,7 @@ mod tests {
                 client_id: None,
             },
             hash: KeyHash::of("x"),
-        }
+        })
     }
 
     fn id(text: &str) -> KeyId {

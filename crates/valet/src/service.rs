@@ -74,13 +74,48 @@ impl VerifyCode {
 #[derive(Clone, Debug)]
 pub struct Verification {
     pub code: VerifyCode,
-    pub key: Option<KeyRecord>,
+    pub key: Option<VerifiedKey>,
     /// Reason the key is not valid, in words safe to show its holder.
     pub message: Option<String>,
 }
 
+/// The key that a presented string matched, shared with the cache rather than copied, so
+/// that a verification allocates nothing for it.
+///
+/// It dereferences to the stored [`KeyRecord`], whose `last_used_at` is the stored value.
+/// [`VerifiedKey::last_used_at`] adds the uses not yet written, this one included when the
+/// key is valid.
+#[derive(Clone, Debug)]
+pub struct VerifiedKey {
+    stored: Arc<StoredKey>,
+    last_used_at: Option<OffsetDateTime>,
+}
+
+impl VerifiedKey {
+    /// Returns when the key was last used, counting uses not yet written to the store.
+    pub fn last_used_at(&self) -> Option<OffsetDateTime> {
+        self.last_used_at
+    }
+
+    /// Copies the record with [`VerifiedKey::last_used_at`] in place of the stored value.
+    pub fn to_record(&self) -> KeyRecord {
+        KeyRecord {
+            last_used_at: self.last_used_at,
+            ..self.stored.record.clone()
+        }
+    }
+}
+
+impl std::ops::Deref for VerifiedKey {
+    type Target = KeyRecord;
+
+    fn deref(&self) -> &KeyRecord {
+        &self.stored.record
+    }
+}
+
 impl Verification {
-    fn fail(code: VerifyCode, key: Option<KeyRecord>, message: impl Into<String>) -> Self {
+    fn fail(code: VerifyCode, key: Option<VerifiedKey>, message: impl Into<String>) -> Self {
         Self {
             code,
             key,
@@ -374,39 +409,40 @@ impl KeyService {
         }
 
         let now = model::now();
-        let mut record = stored.record.clone();
-        self.overlay_usage(&mut record);
-        if let Some(at) = record.revoked_at {
-            let message = format!("key was revoked at {}", rfc3339(at));
-            return Ok(Verification::fail(
+        let record = &stored.record;
+        let failure = if let Some(at) = record.revoked_at {
+            Some((
                 VerifyCode::Revoked,
-                Some(record),
-                message,
-            ));
-        }
-        if let Some(at) = record.expires_at.filter(|_| record.is_expired(now)) {
-            let message = format!("key expired at {}", rfc3339(at));
-            return Ok(Verification::fail(
+                format!("key was revoked at {}", rfc3339(at)),
+            ))
+        } else if let Some(at) = record.expires_at.filter(|_| record.is_expired(now)) {
+            Some((
                 VerifyCode::Expired,
-                Some(record),
-                message,
-            ));
-        }
-        if let Some(missing) = record.missing_scope(required) {
-            let scope = redact_keys(missing.as_str(), self.format.prefix().as_str());
-            let message = format!("key lacks the required scope `{scope}`");
-            return Ok(Verification::fail(
-                VerifyCode::InsufficientScope,
-                Some(record),
-                message,
-            ));
+                format!("key expired at {}", rfc3339(at)),
+            ))
+        } else {
+            record.missing_scope(required).map(|missing| {
+                let scope = redact_keys(missing.as_str(), self.format.prefix().as_str());
+                let message = format!("key lacks the required scope `{scope}`");
+                (VerifyCode::InsufficientScope, message)
+            })
+        };
+        if let Some((code, message)) = failure {
+            let last_used_at = self.last_used_at(record);
+            let key = VerifiedKey {
+                stored,
+                last_used_at,
+            };
+            return Ok(Verification::fail(code, Some(key), message));
         }
 
         self.usage.record(&record.id, now);
-        record.last_used_at = Some(now);
         Ok(Verification {
             code: VerifyCode::Valid,
-            key: Some(record),
+            key: Some(VerifiedKey {
+                stored,
+                last_used_at: Some(now),
+            }),
             message: None,
         })
     }
@@ -431,8 +467,9 @@ impl KeyService {
         self.metrics.cache_miss();
         match self.store.find_key(id).await {
             Ok(Some(stored)) => {
+                let stored = Arc::new(stored);
                 self.cache.insert(stored.clone(), epoch);
-                Ok(Some(Arc::new(stored)))
+                Ok(Some(stored))
             }
             Ok(None) => Ok(None),
             Err(StoreError::Unavailable(cause)) => {
@@ -597,8 +634,14 @@ impl KeyService {
     }
 
     fn overlay_usage(&self, record: &mut KeyRecord) {
-        if let Some(at) = self.usage.pending(&record.id) {
-            record.last_used_at = Some(record.last_used_at.map_or(at, |stored| stored.max(at)));
+        record.last_used_at = self.last_used_at(record);
+    }
+
+    /// Returns the later of the stored `last_used_at` and a use not yet written.
+    fn last_used_at(&self, record: &KeyRecord) -> Option<OffsetDateTime> {
+        match self.usage.pending(&record.id) {
+            Some(at) => Some(record.last_used_at.map_or(at, |stored| stored.max(at))),
+            None => record.last_used_at,
         }
     }
 }

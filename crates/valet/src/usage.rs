@@ -11,7 +11,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::key::KeyId;
+use crate::key::{IdHashBuilder, KeyId};
 use crate::store::{KeyStore, StoreError};
 
 /// How often pending usage is written to the store.
@@ -20,7 +20,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 /// Pending `last_used_at` values, newest per key.
 #[derive(Debug, Default)]
 pub struct UsageTracker {
-    pending: Mutex<HashMap<KeyId, OffsetDateTime>>,
+    pending: Mutex<HashMap<KeyId, OffsetDateTime, IdHashBuilder>>,
 }
 
 impl UsageTracker {

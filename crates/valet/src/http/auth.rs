@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::model::{KeyRecord, Scopes};
-use crate::service::VerifyCode;
+use crate::model::Scopes;
+use crate::service::{VerifiedKey, VerifyCode};
 
 /// Scope that grants every management operation.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -51,7 +51,7 @@ pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     accepted: &[&str],
-) -> Result<KeyRecord, ApiError> {
+) -> Result<VerifiedKey, ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(unauthorized(

@@ -88,7 +88,11 @@ impl From<BodyError> for ApiError {
 /// client that announces a huge body and sends none gets its 413 at once instead of a
 /// 408 when the request timeout ends.
 pub async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes), BodyError> {
-    let headers = req.headers().clone();
+    // The headers are moved out rather than copied; reading the body needs only the body
+    // and the limit in the extensions.
+    let (mut parts, body) = req.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let req = Request::from_parts(parts, body);
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

@@ -4,7 +4,7 @@
 //! The proxy forwards the client's headers. A valid API key or access token gets 200 and
 //! identity headers; anything else gets 401 or 403 with an RFC 6750 challenge.
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -39,20 +39,20 @@ struct Identity {
 }
 
 /// Checks the credential a proxy forwards, for any HTTP method.
-pub async fn forward_auth(
-    State(state): State<AppState>,
-    params: Result<Query<ForwardParams>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let Ok(Query(params)) = params else {
+///
+/// The handler takes the whole request, because extracting `HeaderMap` would copy every
+/// header on each call.
+pub async fn forward_auth(State(state): State<AppState>, request: Request) -> Response {
+    let Ok(Query(params)) = Query::<ForwardParams>::try_from_uri(request.uri()) else {
         return invalid_request("the query string is not valid; use ?scope=a%20b");
     };
+    let headers = request.headers();
     // The query parameter wins over the header, so a client cannot lower the scopes the
     // proxy names in the URL. The header is read only when it is unambiguous: a second
     // copy, or bytes that are not text, could otherwise make the check require nothing.
     let scope_text = match params.scope {
         Some(scope) => Some(scope),
-        None => match required_scopes_header(&headers) {
+        None => match required_scopes_header(headers) {
             Ok(scope) => scope,
             Err(response) => return *response,
         },
@@ -67,7 +67,7 @@ pub async fn forward_auth(
         return invalid_request("a required scope is not a valid scope token");
     };
 
-    let credential = match credential(&headers) {
+    let credential = match credential(headers) {
         Ok(Some(credential)) => credential,
         Ok(None) => return challenge(StatusCode::UNAUTHORIZED, None, None),
         Err(response) => return *response,
@@ -106,20 +106,29 @@ fn required_scopes_header(headers: &HeaderMap) -> Result<Option<String>, Refusal
 
 /// Reads the credential from `Authorization: Bearer` or `X-API-Key`, never the query.
 fn credential(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
-    let authorization: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
-    let api_key: Vec<&HeaderValue> = headers.get_all("x-api-key").iter().collect();
-    if authorization.len() + api_key.len() > 1 {
-        return Err(Box::new(invalid_request(
-            "send one credential: Authorization: Bearer or X-API-Key, once",
-        )));
-    }
-    if let Some(value) = api_key.first() {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let mut api_key = headers.get_all("x-api-key").iter();
+    let (authorization, api_key) = match (
+        authorization.next(),
+        authorization.next(),
+        api_key.next(),
+        api_key.next(),
+    ) {
+        (authorization, None, None, None) => (authorization, None),
+        (None, None, api_key, None) => (None, api_key),
+        _ => {
+            return Err(Box::new(invalid_request(
+                "send one credential: Authorization: Bearer or X-API-Key, once",
+            )));
+        }
+    };
+    if let Some(value) = api_key {
         let text = value
             .to_str()
             .map_err(|_| Box::new(invalid_token_response()))?;
         return Ok(Some(text.trim().to_owned()));
     }
-    let Some(value) = authorization.first() else {
+    let Some(value) = authorization else {
         return Ok(None);
     };
     let bytes = value.as_bytes();

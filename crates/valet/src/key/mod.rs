@@ -121,34 +121,78 @@ pub struct InvalidEnv(String);
 /// The public lookup id of a key: 8 base62 characters.
 ///
 /// Ids are public by design. They appear in lists, logs and support tickets, and reveal
-/// nothing without the secret.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct KeyId(String);
+/// nothing without the secret. The digits are held inline, so that taking the id of a
+/// presented key, or copying one, allocates nothing.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; ID_LEN]);
 
 impl KeyId {
     /// Parses a key id, rejecting anything but 8 base62 characters.
     pub fn parse(value: &str) -> Result<Self, InvalidKeyId> {
-        if value.len() != ID_LEN || !value.bytes().all(base62::is_digit) {
+        let digits: [u8; ID_LEN] = value.as_bytes().try_into().map_err(|_| InvalidKeyId)?;
+        if !digits.iter().copied().all(base62::is_digit) {
             return Err(InvalidKeyId);
         }
-        Ok(Self(value.to_owned()))
+        Ok(Self(digits))
     }
 
     /// Draws a fresh random id from the operating system's CSPRNG.
     pub fn generate() -> Result<Self, getrandom::Error> {
-        base62::random(ID_LEN).map(Self)
+        let text = base62::random(ID_LEN)?;
+        Ok(Self::parse(&text).expect("base62::random returns base62 digits"))
     }
 
     /// Returns the id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("a key id is ASCII")
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyId").field(&self.as_str()).finish()
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Builds [`IdHasher`]s, for in-memory maps keyed by [`KeyId`].
+pub type IdHashBuilder = std::hash::BuildHasherDefault<IdHasher>;
+
+/// An unkeyed hash for maps keyed by [`KeyId`], cheaper than the standard library's SipHash.
+///
+/// SipHash's key guards a map against inserted keys chosen to collide. The maps that use
+/// this hasher hold only ids that this server drew from the CSPRNG: cached keys, pending
+/// uses and the filter of issued ids. So their entries are spread at random, and a
+/// presented id can only probe them, never add to them.
+/// Each 8-byte word is mixed in with a rotation and a multiplication by 2^64 divided by
+/// the golden ratio (Fibonacci hashing, Knuth, The Art of Computer Programming, 6.4), which
+/// spreads the bits into the high bits that the map's probing uses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -179,7 +223,14 @@ impl KeyHash {
 
     /// Compares two hashes in constant time, so timing reveals nothing about the stored hash.
     pub fn matches(&self, other: &KeyHash) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Four 64-bit words rather than 32 bytes: the same constant-time comparison, with
+        // one optimisation barrier in `subtle` per word instead of per byte.
+        fn words(hash: &[u8; 32]) -> [u64; 4] {
+            std::array::from_fn(|i| {
+                u64::from_ne_bytes(hash[i * 8..][..8].try_into().expect("8 bytes"))
+            })
+        }
+        words(&self.0).ct_eq(&words(&other.0)).into()
     }
 }
 
@@ -205,7 +256,7 @@ impl<'a> ParsedKey<'a> {
 
     /// Returns the key's public id.
     pub fn id(&self) -> KeyId {
-        KeyId(self.id.to_owned())
+        KeyId::parse(self.id).expect("parse checked the id")
     }
 
     /// Hashes the whole key for comparison with the stored hash.
@@ -302,9 +353,23 @@ impl KeyFormat {
             return Err(KeyFormatError::TooLong { len: raw.len() });
         }
 
-        let parts: Vec<&str> = raw.split('_').collect();
-        let [prefix, env, id, secret, checksum_part] = parts[..] else {
-            return Err(KeyFormatError::PartCount { parts: parts.len() });
+        if let Some(parsed) = self.parse_canonical(raw) {
+            return parsed;
+        }
+
+        // The general path, which names the first part that is wrong. Splitting without
+        // collecting keeps it free of allocations.
+        let mut parts = raw.split('_');
+        let (Some(prefix), Some(env), Some(id), Some(secret), Some(checksum_part), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            let parts = raw.split('_').count();
+            return Err(KeyFormatError::PartCount { parts });
         };
 
         if prefix != self.prefix.as_str() {
@@ -325,12 +390,66 @@ impl KeyFormat {
 
         // The checksum covers everything before the last `_`.
         let body = &raw[..raw.len() - CHECKSUM_LEN - 1];
-        if checksum(body).as_bytes() != checksum_part.as_bytes() {
+        if !checksum_matches(body, checksum_part) {
             return Err(KeyFormatError::ChecksumMismatch);
         }
 
         Ok(ParsedKey { raw, env, id })
     }
+}
+
+impl KeyFormat {
+    /// Parses `raw` when every part has its own length and separator in place, as in every
+    /// key this server issued, by slicing at fixed offsets instead of searching for `_`.
+    ///
+    /// Returns `None` for any other layout, which [`KeyFormat::parse`] then splits to name
+    /// the wrong part. When this returns, the general path would return the same: no part
+    /// here can contain `_`, so splitting would find the same five parts.
+    fn parse_canonical<'a>(&self, raw: &'a str) -> Option<Result<ParsedKey<'a>, KeyFormatError>> {
+        let rest = raw
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('_')?
+            .as_bytes();
+        let env_end = 4;
+        let id_start = env_end + 1;
+        let secret_start = id_start + ID_LEN + 1;
+        let checksum_start = secret_start + SECRET_LEN + 1;
+        if rest.len() != checksum_start + CHECKSUM_LEN {
+            return None;
+        }
+        let separators_in_place = [env_end, secret_start - 1, checksum_start - 1]
+            .iter()
+            .all(|&at| rest[at] == b'_');
+        let env = match &rest[..env_end] {
+            b"live" => KeyEnv::Live,
+            b"test" => KeyEnv::Test,
+            _ => return None,
+        };
+        let all_digits = |part: &[u8]| part.iter().all(|&byte| base62::is_digit(byte));
+        let digits_valid = all_digits(&rest[id_start..secret_start - 1])
+            && all_digits(&rest[secret_start..checksum_start - 1])
+            && all_digits(&rest[checksum_start..]);
+        if !separators_in_place || !digits_valid {
+            return None;
+        }
+
+        let id = &raw[raw.len() - rest.len() + id_start..][..ID_LEN];
+        let checksum_part = &raw[raw.len() - CHECKSUM_LEN..];
+        let body = &raw[..raw.len() - CHECKSUM_LEN - 1];
+        if !checksum_matches(body, checksum_part) {
+            return Some(Err(KeyFormatError::ChecksumMismatch));
+        }
+        Some(Ok(ParsedKey { raw, env, id }))
+    }
+}
+
+/// Returns whether `digits`, six base62 digits, are the checksum of `body`.
+///
+/// Six base62 digits encode each value below 62^6 in exactly one way, so comparing the
+/// decoded value with the CRC is the same as comparing `digits` with `checksum(body)`,
+/// without building the digits.
+fn checksum_matches(body: &str, digits: &str) -> bool {
+    base62::decode(digits) == Some(u64::from(crc32fast::hash(body.as_bytes())))
 }
 
 /// Computes the key checksum: CRC-32 (IEEE, as zlib computes it) of `body`, as 6 base62

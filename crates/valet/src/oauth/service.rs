@@ -553,7 +553,7 @@ impl OAuthService {
         }
         let verification = self.keys.verify(token, &Scopes::default()).await?;
         match (verification.code, verification.key) {
-            (VerifyCode::Valid, Some(key)) => Ok(Introspection::ApiKey(key)),
+            (VerifyCode::Valid, Some(key)) => Ok(Introspection::ApiKey(key.to_record())),
             _ => Ok(Introspection::Inactive),
         }
     }

@@ -9,8 +9,8 @@ use valet::key::{KeyEnv, KeyFormat, KeyId};
 use valet::service::CacheConfig;
 
 use crate::helpers::{
-    Backend, TestSchema, TestStore, assert_problem, on_each_backend, postgres_available, spawn_app,
-    spawn_app_at, store_queries,
+    Backend, TIMED_OPERATIONS, TestSchema, TestStore, assert_problem, on_each_backend,
+    postgres_available, spawn_app, spawn_app_at, store_queries,
 };
 use crate::proxy::TcpProxy;
 
@@ -20,10 +20,6 @@ on_each_backend!(
     metrics_cover_requests_and_cache,
     concurrent_starts_migrate_once,
 );
-
-/// Operations that run on a timer, whatever the requests: the SQLite change poller and
-/// the batched `last_used_at` write.
-const TIMED_OPERATIONS: &[&str] = &["poll_changes", "prune_changes", "record_usage"];
 
 async fn forged_keys_cost_no_store_query(backend: Backend) {
     let app = spawn_app(backend).await;

@@ -226,6 +226,10 @@ pub async fn wait_until_trusted(service: &KeyService, limit: std::time::Duration
         .expect("change feed connects");
 }
 
+/// Operations that run on a timer, whatever the requests: the SQLite change poller and
+/// the batched `last_used_at` write.
+pub const TIMED_OPERATIONS: &[&str] = &["poll_changes", "prune_changes", "record_usage"];
+
 /// Sums `valet_store_queries_total` in a metrics text over operations not in `except`.
 pub fn store_queries(metrics: &str, except: &[&str]) -> u64 {
     metrics

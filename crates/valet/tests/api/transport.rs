@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use valet::http::{PlainHttp, tls_acceptor};
 use valet::testing::{EmbeddedServer, ServerOptions};
 
-use crate::helpers::store_queries;
+use crate::helpers::{TIMED_OPERATIONS, store_queries};
 use crate::process::{Server, Store, stderr_of};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
@@ -58,7 +58,7 @@ async fn total_store_queries(http: &Client, base_url: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    store_queries(&metrics, &[])
+    store_queries(&metrics, TIMED_OPERATIONS)
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
