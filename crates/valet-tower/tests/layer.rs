@@ -228,10 +228,16 @@ async fn missing_invalid_and_doubled_credentials_get_rfc_6750_answers() {
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(challenge(&missing), "Bearer realm=\"orders\"");
 
-    let forged = format!("{}x", &raw[..raw.len() - 1]);
-    for bad in [forged.as_str(), "vk_live_nonsense", "a.b.c"] {
+    // The last checksum character, changed to one it is not.
+    let last = if raw.ends_with('x') { 'y' } else { 'x' };
+    let forged = format!("{}{last}", &raw[..raw.len() - 1]);
+    for (name, bad) in [
+        ("changed checksum", forged.as_str()),
+        ("nonsense key", "vk_live_nonsense"),
+        ("nonsense token", "a.b.c"),
+    ] {
         let response = setup.get_bearer("/read", bad).await;
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
         assert_eq!(
             challenge(&response),
             "Bearer realm=\"orders\", error=\"invalid_token\""
