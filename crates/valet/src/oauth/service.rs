@@ -690,12 +690,15 @@ impl OAuthService {
         if claims.sub != client.id || early || too_long || claims.jti.is_empty() {
             return Err(OAuthError::InvalidClient);
         }
-        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+        // The assertion is accepted until the end of the second named by `exp`, so its
+        // `jti` is kept one second past `exp`; keeping it only until `exp` let a replay in
+        // that last second through, because the store prunes by the exact instant.
+        let keep_until = OffsetDateTime::from_unix_timestamp(claims.exp.saturating_add(1))
             .map_err(|_| OAuthError::InvalidClient)?;
         if !self
             .keys
             .store()
-            .record_assertion(&client.id, &claims.jti, expires_at)
+            .record_assertion(&client.id, &claims.jti, keep_until)
             .await?
         {
             tracing::debug!(client_id = %client.id, "rejected a replayed client assertion");

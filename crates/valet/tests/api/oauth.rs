@@ -778,6 +778,25 @@ async fn private_key_jwt_authenticates_clients(backend: Backend) {
         "replayed jti"
     );
 
+    // An assertion in the last second of its life is accepted once, and its replay later
+    // in that same second is still rejected.
+    let mut accepted = None;
+    for attempt in 0..5 {
+        let last_second = assertion(&key, id, &token_url, &format!("jti-last-{attempt}"), 0, 0);
+        let (status, _, _) = send(last_second.clone()).await;
+        if status == 200 {
+            accepted = Some(last_second);
+            break;
+        }
+    }
+    let last_second = accepted.expect("an assertion with exp = now is accepted within its second");
+    let (status, _, body) = send(last_second).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "replayed jti in the assertion's last second"
+    );
+
     let skewed = assertion(&key, id, &token_url, "jti-2", 60, 3);
     let (status, _, body) = send(skewed).await;
     assert_eq!(status, 200, "a few seconds of skew are tolerated: {body}");
