@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use crate::identity::{Identity, Inner, KeyEnv, Principal};
 use crate::rejection::Rejection;
 
-/// The answer of `POST /v1/keys/verify`.
+/// The response body of `POST /v1/keys/verify`.
 #[derive(Deserialize)]
 struct VerifyAnswer {
     valid: bool,
@@ -59,7 +59,7 @@ impl From<KeyObject> for Identity {
 
 type KeyDigest = [u8; 32];
 
-/// Answers kept for `ttl`, at most `capacity` of each kind.
+/// Verification results kept for `ttl`, at most `capacity` of them.
 struct AnswerCache<T> {
     entries: Mutex<HashMap<KeyDigest, (T, Instant)>>,
     ttl: Duration,
@@ -187,7 +187,7 @@ impl KeyChecker {
             return Err(Rejection::Unavailable);
         }
         response.json::<VerifyAnswer>().await.map_err(|err| {
-            tracing::error!(error = %err, "the Valet server's verify answer was not understood");
+            tracing::error!(error = %err, "the Valet server's verify response could not be parsed");
             Rejection::Unavailable
         })
     }

@@ -3,7 +3,7 @@
 //!
 //! - **API keys** (`Authorization: Bearer <key>` or `X-API-Key: <key>`) are checked by the
 //!   Valet server's `POST /v1/keys/verify`, with a verifier key of scope `keys:verify`.
-//!   Answers are cached for at most the *revocation bound* you choose, so a revoked key is
+//!   Results are cached for at most the *revocation bound* you choose, so a revoked key is
 //!   rejected within that bound.
 //! - **Access tokens** from Valet's `/oauth/token` are verified locally against its JWK
 //!   set: signature, `typ` `at+jwt`, issuer, audience and expiry (RFC 9068). They are
@@ -54,7 +54,7 @@ pub use identity::{Identity, KeyEnv, Principal};
 pub use layer::{ResponseFuture, ValetAuth, ValetAuthLayer};
 pub use rejection::Rejection;
 
-/// Default revocation bound: how long a verified key's answer may be reused.
+/// Default revocation bound: the maximum time a valid key's verification result is reused.
 pub const DEFAULT_REVOCATION_BOUND: Duration = Duration::from_secs(5);
 /// Default shortest time between two fetches of the JWK set.
 pub const DEFAULT_MIN_JWKS_REFRESH: Duration = Duration::from_secs(10);
@@ -63,7 +63,7 @@ pub const DEFAULT_MIN_JWKS_REFRESH: Duration = Duration::from_secs(10);
 pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Default limit on one request to the Valet server.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default number of answers kept, for admitted and rejected keys each.
+/// Default number of verification results kept, for admitted and rejected keys each.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 /// A configuration that cannot work, found by [`ValetBuilder::build`].

@@ -3,7 +3,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-/// Why a request was not let through.
+/// The reason a request was rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// No credential at all (RFC 6750 section 3.1: the challenge carries no error code).

@@ -690,9 +690,8 @@ impl OAuthService {
         if claims.sub != client.id || early || too_long || claims.jti.is_empty() {
             return Err(OAuthError::InvalidClient);
         }
-        // The assertion is accepted until the end of the second named by `exp`, so its
-        // `jti` is kept one second past `exp`; keeping it only until `exp` let a replay in
-        // that last second through, because the store prunes by the exact instant.
+        // The assertion is accepted until the end of the second named by `exp`. The store
+        // prunes by the exact instant, so the `jti` is kept one second past `exp`.
         let keep_until = OffsetDateTime::from_unix_timestamp(claims.exp.saturating_add(1))
             .map_err(|_| OAuthError::InvalidClient)?;
         if !self
