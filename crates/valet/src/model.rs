@@ -4,6 +4,7 @@
 //! rely on their limits. None of them ever contains a raw key.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -267,9 +268,10 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// Returns whether the key has expired at `now`; a key expires at its `expires_at`.
-    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
+    /// Returns whether the key has expired at `now`, in microseconds since the Unix epoch
+    /// (see [`now_micros`]); a key expires at its `expires_at`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| to_micros(at) <= now)
     }
 
     /// Returns the first of `required` that the key lacks, if any.
@@ -366,6 +368,19 @@ pub fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
         .expect("a truncated nanosecond is in range")
+}
+
+/// Returns the current time in whole microseconds since the Unix epoch, as [`now`] would
+/// give it after [`to_micros`], without working out a calendar date.
+///
+/// Verification reads the clock on every request, and building an [`OffsetDateTime`]
+/// costs more than the clock read itself.
+pub fn now_micros() -> i64 {
+    let (sign, since) = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => (1, after),
+        Err(before) => (-1, before.duration()),
+    };
+    sign * i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Converts a timestamp to whole microseconds since the Unix epoch.
@@ -466,5 +481,16 @@ mod tests {
     fn micros_round_trip() {
         let at = now();
         assert_eq!(from_micros(to_micros(at)), Some(at));
+    }
+
+    #[test]
+    fn now_micros_matches_now() {
+        let before = to_micros(now());
+        let read = now_micros();
+        let after = to_micros(now());
+        assert!(
+            before <= read && read <= after,
+            "{before} <= {read} <= {after}"
+        );
     }
 }

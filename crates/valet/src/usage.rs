@@ -12,20 +12,22 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::key::{IdHashBuilder, KeyId};
+use crate::model::from_micros;
 use crate::store::{KeyStore, StoreError};
 
 /// How often pending usage is written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Pending `last_used_at` values, newest per key.
+/// Pending `last_used_at` values, newest per key, in microseconds since the Unix epoch.
 #[derive(Debug, Default)]
 pub struct UsageTracker {
-    pending: Mutex<HashMap<KeyId, OffsetDateTime, IdHashBuilder>>,
+    pending: Mutex<HashMap<KeyId, i64, IdHashBuilder>>,
 }
 
 impl UsageTracker {
-    /// Notes that `id` verified successfully at `at`.
-    pub fn record(&self, id: &KeyId, at: OffsetDateTime) {
+    /// Notes that `id` verified successfully at `at`, in microseconds since the Unix epoch
+    /// (see [`crate::model::now_micros`]).
+    pub fn record(&self, id: &KeyId, at: i64) {
         let mut pending = self.pending.lock().expect("usage lock poisoned");
         match pending.get_mut(id) {
             Some(latest) if *latest >= at => {}
@@ -38,25 +40,26 @@ impl UsageTracker {
 
     /// Returns the newest unwritten use of `id`, if any.
     pub fn pending(&self, id: &KeyId) -> Option<OffsetDateTime> {
-        self.pending
-            .lock()
-            .expect("usage lock poisoned")
-            .get(id)
-            .copied()
+        let at = *self.pending.lock().expect("usage lock poisoned").get(id)?;
+        from_micros(at)
     }
 
     /// Writes every pending use to `store`. On failure the batch goes back in the queue,
     /// so the next flush retries it.
     pub async fn flush(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
-        let batch: Vec<(KeyId, OffsetDateTime)> = {
+        let pending: Vec<(KeyId, i64)> = {
             let mut pending = self.pending.lock().expect("usage lock poisoned");
             pending.drain().collect()
         };
-        if batch.is_empty() {
+        if pending.is_empty() {
             return Ok(0);
         }
+        let batch: Vec<(KeyId, OffsetDateTime)> = pending
+            .iter()
+            .filter_map(|(id, at)| Some((id.clone(), from_micros(*at)?)))
+            .collect();
         if let Err(err) = store.record_usage(&batch).await {
-            for (id, at) in &batch {
+            for (id, at) in &pending {
                 self.record(id, *at);
             }
             return Err(err);

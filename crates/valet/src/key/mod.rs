@@ -122,8 +122,10 @@ pub struct InvalidEnv(String);
 ///
 /// Ids are public by design. They appear in lists, logs and support tickets, and reveal
 /// nothing without the secret. The digits are held inline, so that taking the id of a
-/// presented key, or copying one, allocates nothing.
+/// presented key, or copying one, allocates nothing. Word alignment lets an id, and the
+/// errors and results that contain one, move as whole words on the verification path.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(align(8))]
 pub struct KeyId([u8; ID_LEN]);
 
 impl KeyId {
