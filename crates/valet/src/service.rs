@@ -30,9 +30,9 @@ const ID_ATTEMPTS: usize = 4;
 /// Outcome of verifying a presented key.
 ///
 /// A word wide, so that moving a [`Verification`] through the async calls of a
-/// verification copies whole words: with one byte, the 7 bytes after it in a
-/// `Result<Verification, ServiceError>` were copied as two overlapping 4-byte halves, which
-/// stalled store forwarding several times per verification.
+/// verification copies whole words. With one byte, the 7 bytes after it in a
+/// `Result<Verification, ServiceError>` were copied as two overlapping 4-byte halves. Each
+/// such copy stalled store forwarding, several times per verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u64)]
@@ -95,7 +95,7 @@ pub struct Verification {
 pub struct VerifiedKey {
     stored: Arc<StoredKey>,
     /// In microseconds since the Unix epoch, so that a valid key's verification builds no
-    /// calendar date that nobody reads.
+    /// calendar date unless a caller asks for one.
     last_used_at: Option<i64>,
 }
 
@@ -603,9 +603,8 @@ impl KeyService {
     }
 
     /// Creates a key with scope `admin` when the store contains no key at all, so that a new
-    /// installation can be managed over HTTP.
-    ///
-    /// NOTE: two processes starting at once on one empty store can each create one.
+    /// installation can be managed over HTTP. Of several processes that start at once on
+    /// one empty store, exactly one creates it.
     pub async fn bootstrap_admin(&self) -> Result<Option<CreatedKey>, ServiceError> {
         if self.store.count_keys().await? > 0 {
             return Ok(None);
@@ -619,9 +618,15 @@ impl KeyService {
             expires_at: None,
             client_id: None,
         };
-        let created = self.create(new).await?;
-        tracing::info!(key_id = %created.record.id, "created bootstrap admin key on empty store");
-        Ok(Some(created))
+        // An empty store cannot have the fresh id, so there is no collision to retry.
+        let (record, raw) = self.new_record(&new, model::now())?;
+        let Some(record) = self.store.insert_first_key(&record).await? else {
+            tracing::info!("another process created the first key; no bootstrap key created");
+            return Ok(None);
+        };
+        self.cache.add_issued(&record.id);
+        tracing::info!(key_id = %record.id, "created bootstrap admin key on empty store");
+        Ok(Some(CreatedKey { record, raw }))
     }
 
     /// Rejects scopes that could be key material, so that a key pasted into the wrong

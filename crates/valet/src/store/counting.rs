@@ -40,6 +40,11 @@ impl KeyStore for CountingStore {
         self.inner.ping().await
     }
 
+    async fn insert_first_key(&self, key: &NewKeyRecord) -> Result<Option<KeyRecord>, StoreError> {
+        self.metrics.store_query("insert_first_key");
+        self.inner.insert_first_key(key).await
+    }
+
     async fn count_keys(&self) -> Result<u64, StoreError> {
         self.metrics.store_query("count_keys");
         self.inner.count_keys().await

@@ -244,6 +244,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key; fails with [`StoreError::IdTaken`] when its id exists.
     async fn insert_key(&self, key: &NewKeyRecord) -> Result<KeyRecord, StoreError>;
 
+    /// Inserts a key only if the store contains no key at all, and returns `None` if it
+    /// does. The check and the insert are one step for every process on the store, so of
+    /// several nodes that start at once on an empty store, exactly one inserts.
+    async fn insert_first_key(&self, key: &NewKeyRecord) -> Result<Option<KeyRecord>, StoreError>;
+
     /// Loads a key and its hash by id.
     async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError>;
 

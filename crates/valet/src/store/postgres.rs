@@ -177,6 +177,29 @@ impl KeyStore for PostgresStore {
         read_record(&row)
     }
 
+    async fn insert_first_key(&self, key: &NewKeyRecord) -> Result<Option<KeyRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Held until the transaction ends, so a second node waits here and its check then
+        // finds the first node's committed key.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FIRST_KEY_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let has_keys: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&mut *tx)
+            .await?;
+        if has_keys {
+            return Ok(None);
+        }
+        let sql = format!("{INSERT} RETURNING {COLUMNS}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind_all(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        read_record(&row).map(Some)
+    }
+
     async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -534,6 +557,10 @@ impl KeyStore for PostgresStore {
         }
     }
 }
+
+/// Key of the advisory lock that serialises [`KeyStore::insert_first_key`] across nodes:
+/// "valet:1k" in ASCII, so that it is unlikely to meet another application's lock.
+const FIRST_KEY_LOCK: i64 = 0x7661_6c65_743a_316b;
 
 const INSERT: &str = "INSERT INTO api_keys
     (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at, client_id)

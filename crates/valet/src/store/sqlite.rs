@@ -271,6 +271,21 @@ impl KeyStore for SqliteStore {
             .ok_or_else(|| corrupt(key.id.as_str(), "row missing right after insert"))
     }
 
+    async fn insert_first_key(&self, key: &NewKeyRecord) -> Result<Option<KeyRecord>, StoreError> {
+        // IMMEDIATE takes the write lock before the check, so no other connection or
+        // process can insert between the check and the insert.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if store_has_keys(&mut *tx).await? {
+            return Ok(None);
+        }
+        insert(&mut *tx, key).await?;
+        let record = Self::fetch_record(&mut *tx, &key.id)
+            .await?
+            .ok_or_else(|| corrupt(key.id.as_str(), "row missing right after insert"))?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
     async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -665,6 +680,12 @@ async fn insert(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+async fn store_has_keys(executor: impl sqlx::SqliteExecutor<'_>) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+        .fetch_one(executor)
+        .await?)
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {

@@ -18,7 +18,6 @@ on_each_backend!(
     forged_keys_cost_no_store_query,
     revoke_reaches_cached_key,
     metrics_cover_requests_and_cache,
-    concurrent_starts_migrate_once,
 );
 
 async fn forged_keys_cost_no_store_query(backend: Backend) {
@@ -217,21 +216,4 @@ async fn metrics_cover_requests_and_cache(backend: Backend) {
         !text.contains(&raw[..20]),
         "key material leaked into metrics"
     );
-}
-
-async fn concurrent_starts_migrate_once(backend: Backend) {
-    let store = TestStore::create(backend).await;
-    let url = store.url();
-    let starts = (0..4).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { valet::store::connect(&url, true).await })
-    });
-    for start in starts.collect::<Vec<_>>() {
-        let connected = start.await.unwrap();
-        assert!(
-            connected.is_ok(),
-            "a concurrent start failed: {:?}",
-            connected.err()
-        );
-    }
 }

@@ -2,6 +2,7 @@
 //! SQLite file or PostgreSQL schema.
 
 mod auth;
+mod bootstrap;
 mod cache;
 mod cli;
 mod cli_clients;
