@@ -16,7 +16,7 @@ use crate::model::{
     StoredKey, Successor,
 };
 use crate::redact::redact_keys;
-use crate::store::{CountingStore, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
+use crate::store::{GuardedStore, KeyPage, KeyStore, ListQuery, RollOutcome, StoreError};
 use crate::throttle::{FailureCounter, ThrottleConfig, Throttled};
 use crate::usage::UsageTracker;
 
@@ -238,7 +238,7 @@ impl KeyService {
         cache_config: CacheConfig,
     ) -> Self {
         let metrics = Metrics::new();
-        let store: Arc<dyn KeyStore> = Arc::new(CountingStore::new(store, metrics.clone()));
+        let store: Arc<dyn KeyStore> = Arc::new(GuardedStore::new(store, metrics.clone()));
         Self {
             store,
             format,

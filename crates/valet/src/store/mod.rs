@@ -3,7 +3,8 @@
 //! The service layer talks only to this trait, so a backend can be added without touching
 //! verification or HTTP code. Backends store hashes, never raw keys.
 
-mod counting;
+mod breaker;
+mod guarded;
 mod postgres;
 mod sqlite;
 
@@ -19,7 +20,7 @@ use crate::model::{KeyRecord, KeyUpdate, NewKeyRecord, StoredKey, Successor};
 use crate::oauth::client::ClientRecord;
 use crate::oauth::signing::SigningKeyRecord;
 
-pub use counting::CountingStore;
+pub use guarded::GuardedStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -52,6 +53,24 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("no store at {0}: run `valet serve` once to create it, or check --database-url")]
     Missing(String),
+}
+
+impl StoreError {
+    /// Returns whether the store could not be reached at all: no connection, a lost
+    /// connection, or a server that is shutting down or starting. A busy SQLite file or a
+    /// failed query reached the store, so it is not unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        let Self::Unavailable(cause) = self else {
+            return false;
+        };
+        match cause {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
