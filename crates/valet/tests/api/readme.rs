@@ -199,3 +199,45 @@ fn oauth_guide_walkthrough_runs_as_written() {
         "introspect, revoke, introspect"
     );
 }
+
+/// The README's start command, `cargo run --release -- serve`, works only when the
+/// workspace's default members have exactly one binary: the server.
+#[test]
+fn readme_run_command_finds_one_binary() {
+    assert!(
+        README.contains("\ncargo run --release -- serve\n"),
+        "the README starts the server with `cargo run --release -- serve`"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        // From the root, as a new user runs it: inside a member's directory, cargo
+        // picks that member instead of the default members.
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .expect("run cargo metadata");
+    assert!(output.status.success(), "cargo metadata failed");
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("metadata is JSON");
+
+    let defaults = metadata["workspace_default_members"]
+        .as_array()
+        .expect("cargo metadata lists the default members");
+    let binaries: Vec<&str> = metadata["packages"]
+        .as_array()
+        .expect("cargo metadata lists the packages")
+        .iter()
+        .filter(|package| defaults.contains(&package["id"]))
+        .flat_map(|package| package["targets"].as_array().into_iter().flatten())
+        .filter(|target| {
+            target["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.contains(&"bin".into()))
+        })
+        .filter_map(|target| target["name"].as_str())
+        .collect();
+    assert_eq!(
+        binaries,
+        ["valet"],
+        "binaries that `cargo run` chooses from"
+    );
+}
