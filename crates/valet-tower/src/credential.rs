@@ -21,6 +21,10 @@ pub enum Credential<'a> {
     ApiKey(&'a str),
 }
 
+/// Error for an Authorization header with the Bearer scheme and nothing after it.
+const NO_BEARER_TOKEN: &str =
+    "the Authorization header has no key or token after `Bearer`: send Authorization: Bearer <key>";
+
 /// Reads the credential. `query_parameter` names the query parameter that may carry one,
 /// `None` when the service did not opt in.
 pub fn find<'a>(
@@ -29,8 +33,11 @@ pub fn find<'a>(
     query_parameter: Option<&str>,
 ) -> Result<Credential<'a>, Rejection> {
     let mut found: Option<&'a str> = None;
-    let mut take = |text: &'a str| {
-        if found.replace(text).is_some() {
+    // `if_empty` is the error for an empty credential, naming where it came from.
+    let mut take = |text: &'a str, if_empty: &'static str| {
+        if text.is_empty() {
+            Err(Rejection::InvalidRequest(if_empty))
+        } else if found.replace(text).is_some() {
             Err(Rejection::InvalidRequest(
                 "send one credential, once: Authorization: Bearer or X-API-Key",
             ))
@@ -41,6 +48,11 @@ pub fn find<'a>(
 
     for value in headers.get_all(header::AUTHORIZATION) {
         let bytes = value.as_bytes();
+        // Field values carry no trailing whitespace (RFC 9110, section 5.5), so `Bearer `
+        // arrives as `Bearer`.
+        if bytes.eq_ignore_ascii_case(b"bearer") {
+            return Err(Rejection::InvalidRequest(NO_BEARER_TOKEN));
+        }
         let Some(token) = bytes
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
@@ -50,7 +62,7 @@ pub fn find<'a>(
                 "the Authorization header must use the Bearer scheme: Authorization: Bearer <key>",
             ));
         };
-        take(token.trim())?;
+        take(token.trim(), NO_BEARER_TOKEN)?;
     }
     for value in headers.get_all(API_KEY_HEADER) {
         let Ok(key) = value.to_str() else {
@@ -58,7 +70,10 @@ pub fn find<'a>(
                 "the X-API-Key header is not a Valet API key",
             ));
         };
-        take(key.trim())?;
+        take(
+            key.trim(),
+            "the X-API-Key header is empty; send the key in it",
+        )?;
     }
     if let (Some(name), Some(query)) = (query_parameter, uri.query()) {
         for (param, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -70,7 +85,7 @@ pub fn find<'a>(
                         "the query parameter does not hold a Valet credential",
                     ));
                 };
-                take(value)?;
+                take(value, "the credential query parameter is empty")?;
             }
         }
     }
@@ -78,11 +93,6 @@ pub fn find<'a>(
     let Some(text) = found else {
         return Err(Rejection::Missing);
     };
-    if text.is_empty() {
-        return Err(Rejection::InvalidRequest(
-            "the credential is empty; send the key or token after `Bearer `",
-        ));
-    }
     if text.len() > MAX_CREDENTIAL_BYTES {
         return Err(Rejection::InvalidToken(
             "the credential is longer than any Valet key or access token",
@@ -172,9 +182,23 @@ mod tests {
             Err(Rejection::InvalidRequest(_))
         ));
         let empty = headers(&[("authorization", "Bearer  ")]);
-        assert!(matches!(
+        assert_eq!(
             find(&empty, &uri("/"), None),
-            Err(Rejection::InvalidRequest(_))
-        ));
+            Err(Rejection::InvalidRequest(NO_BEARER_TOKEN))
+        );
+        let bare = headers(&[("authorization", "Bearer")]);
+        assert_eq!(
+            find(&bare, &uri("/"), None),
+            Err(Rejection::InvalidRequest(NO_BEARER_TOKEN))
+        );
+    }
+
+    #[test]
+    fn find_names_the_empty_header() {
+        let empty = headers(&[("x-api-key", "")]);
+        let Err(Rejection::InvalidRequest(message)) = find(&empty, &uri("/"), None) else {
+            panic!("an empty X-API-Key is an invalid request");
+        };
+        assert!(message.contains("X-API-Key"), "{message}");
     }
 }

@@ -57,7 +57,8 @@ impl Rejection {
                 format!("the credential lacks scope `{missing}`; use one that holds it")
             }
             Self::Unavailable => {
-                "the authentication server did not answer; retry after the Retry-After delay"
+                "the credential could not be verified right now; retry after the Retry-After \
+                 delay"
                     .to_owned()
             }
         }

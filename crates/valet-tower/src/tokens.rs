@@ -110,6 +110,18 @@ impl TokenChecker {
                 ErrorKind::InvalidAudience => Rejection::InvalidToken(
                     "the access token is for another audience; request one for this service",
                 ),
+                ErrorKind::InvalidIssuer => {
+                    // The signature checked out, so Valet issued the token: the layer's
+                    // issuer setting differs from the server's --issuer.
+                    tracing::warn!(
+                        expected = %self.issuer,
+                        "access token signed by Valet names another issuer; set the \
+                         layer's issuer to the server's --issuer"
+                    );
+                    Rejection::InvalidToken(
+                        "the access token names another issuer than this service expects",
+                    )
+                }
                 _ => invalid(),
             }
         })?;

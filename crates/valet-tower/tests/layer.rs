@@ -370,6 +370,19 @@ async fn access_token_is_verified_locally_with_scopes_and_audience() {
 }
 
 #[tokio::test]
+async fn token_from_other_issuer_names_issuer() {
+    let setup = Setup::start(|b| b.issuer("https://auth.elsewhere.example")).await;
+    let token = setup.token(&["orders:read"], AUDIENCE).await;
+
+    let rejected = setup.get_bearer("/read", &token).await;
+    assert_eq!(rejected.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = rejected.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("issuer"), "{description}");
+}
+
+#[tokio::test]
 async fn new_signing_key_is_fetched_when_a_token_names_it() {
     let setup = Setup::start(|b| b.min_jwks_refresh(Duration::from_millis(50))).await;
     let before = setup.token(&["orders:read"], AUDIENCE).await;
