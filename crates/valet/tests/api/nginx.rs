@@ -116,14 +116,29 @@ fn start_nginx(dir: &std::path::Path, port: u16, valet: &str, upstream: u16) -> 
 }
 
 async fn get(port: u16, key: Option<&str>) -> (u16, Value) {
+    let (status, _, seen) = get_with_sunset(port, key).await;
+    (status, seen)
+}
+
+/// Sends a request through nginx and returns the status, the `Sunset` header that the
+/// client received, and the request headers that the upstream saw.
+async fn get_with_sunset(port: u16, key: Option<&str>) -> (u16, Option<String>, Value) {
     let mut request = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/orders/42"));
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
+    let sunset = response
+        .headers()
+        .get("sunset")
+        .map(|value| value.to_str().unwrap().to_owned());
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        status,
+        sunset,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -154,6 +169,19 @@ async fn nginx_auth_request_enforces_keys() {
         seen.get("authorization").is_none(),
         "the key never reaches upstream: {seen}"
     );
+    let (_, sunset, _) = get_with_sunset(port, Some(reader_key)).await;
+    assert_eq!(sunset, None, "a key that was not rolled gets no Sunset");
+
+    let rolled = app
+        .create_key(serde_json::json!({"name": "old", "scopes": ["orders:read"]}))
+        .await;
+    let roll = format!("/v1/keys/{}/roll", rolled["id"].as_str().unwrap());
+    let grace = serde_json::json!({"grace_period_seconds": 3600});
+    app.admin(Method::POST, &roll, Some(grace)).await;
+    let (status, sunset, _) = get_with_sunset(port, rolled["key"].as_str()).await;
+    assert_eq!(status, 200, "a rolled key passes in its grace period");
+    let sunset = sunset.expect("the client sees Sunset for a key in its grace period");
+    assert!(sunset.ends_with(" GMT"), "Sunset is an HTTP date: {sunset}");
 
     let (status, _) = get(port, Some("vk_live_not_a_key")).await;
     assert_eq!(status, 401, "an invalid key is refused");
