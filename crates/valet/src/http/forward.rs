@@ -14,7 +14,8 @@ use time::format_description::well_known::Rfc2822;
 use super::AppState;
 use super::problem::FailedAttempt;
 use crate::model::Scopes;
-use crate::service::VerifyCode;
+use crate::oauth::service::OAuthError;
+use crate::service::{ServiceError, VerifyCode};
 
 /// Header in which a proxy may name the required scopes, space-delimited.
 const REQUIRED_SCOPES: &str = "x-valet-required-scopes";
@@ -148,7 +149,7 @@ async fn check_api_key(
         .service
         .verify(key, required)
         .await
-        .map_err(|err| Box::new(super::problem::ApiError::from(err).into_response()))?;
+        .map_err(service_refusal)?;
     match (verification.code, verification.key) {
         (VerifyCode::Valid, Some(record)) => Ok(Identity {
             key_id: Some(record.id.to_string()),
@@ -177,11 +178,7 @@ async fn check_access_token(
     token: &str,
     required: &Scopes,
 ) -> Result<Identity, Refusal> {
-    let introspection = state
-        .oauth
-        .introspect(token)
-        .await
-        .map_err(|_| Box::new(invalid_token_response()))?;
+    let introspection = state.oauth.introspect(token).await.map_err(oauth_refusal)?;
     let crate::oauth::service::Introspection::AccessToken(claims) = introspection else {
         return Err(Box::new(invalid_token_response()));
     };
@@ -193,13 +190,34 @@ async fn check_access_token(
             Some(missing.as_str().to_owned()),
         )));
     }
+    let owner = state
+        .oauth
+        .client_owner(&claims.client_id)
+        .await
+        .map_err(oauth_refusal)?;
     Ok(Identity {
         key_id: None,
         client_id: Some(claims.client_id.clone()),
         scopes: claims.scope.clone(),
-        owner: None,
+        owner,
         sunset: None,
     })
+}
+
+/// Builds the response for an error of the OAuth service. A failure of the key service or
+/// its store gets the response of the API key path (503 with `Retry-After` when the store
+/// is unavailable); any other error is an invalid token.
+fn oauth_refusal(err: OAuthError) -> Refusal {
+    match err {
+        OAuthError::Service(err) => service_refusal(err),
+        _ => Box::new(invalid_token_response()),
+    }
+}
+
+/// Builds the response for a failure of the key service, as the rest of the API does: 503
+/// with `Retry-After` when the store is unavailable, 429 when the key is throttled.
+fn service_refusal(err: ServiceError) -> Refusal {
+    Box::new(super::problem::ApiError::from(err).into_response())
 }
 
 fn accepted(identity: Identity) -> Response {

@@ -423,6 +423,13 @@ impl OAuthService {
             .ok_or(OAuthError::InvalidClient)
     }
 
+    /// Returns the owner of the client with `id`, or `None` when it has none or no longer
+    /// exists. Reads the client cache while the change feed is connected.
+    pub async fn client_owner(&self, id: &str) -> Result<Option<String>, OAuthError> {
+        let client = self.find_client(id).await?;
+        Ok(client.and_then(|client| client.owner.clone()))
+    }
+
     /// Loads a client from the client cache while the change feed is connected, else from
     /// the store.
     async fn find_client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, OAuthError> {

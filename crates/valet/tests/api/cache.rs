@@ -120,8 +120,34 @@ async fn store_outage_fails_closed_then_recovers() {
     let created = app.create_simple("worker", &[]).await;
     let raw = created["key"].as_str().unwrap();
     assert_eq!(app.verify(raw, &[]).await["code"], "VALID");
+    let client_body = json!({
+        "name": "worker",
+        "scopes": [],
+        "audiences": ["https://api"],
+        "default_audience": "https://api",
+    });
+    let client = app
+        .admin_json(Method::POST, "/v1/clients", Some(client_body))
+        .await;
+    let token = app
+        .access_token(
+            client["client_id"].as_str().unwrap(),
+            client["client_secret"].as_str().unwrap(),
+        )
+        .await;
 
     cut_and_wait_for_distrust(&app, &proxy).await;
+
+    // A token's revocation cannot be checked either: forward auth returns 503, not 401.
+    let forwarded = app
+        .client
+        .get(app.url("/v1/forward-auth"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 503, "a token during the outage");
+    assert!(forwarded.headers().contains_key("retry-after"));
 
     // The admin key itself cannot be checked either, so the response is a 503 problem.
     let response = app

@@ -169,8 +169,8 @@ async fn forward_auth_accepts_access_tokens(backend: Backend) {
             Method::POST,
             "/v1/clients",
             Some(
-                json!({"name": "c", "scopes": ["orders:read"], "audiences": ["https://api"],
-                        "default_audience": "https://api"}),
+                json!({"name": "c", "owner": "acme", "scopes": ["orders:read"],
+                        "audiences": ["https://api"], "default_audience": "https://api"}),
             ),
         )
         .await;
@@ -198,6 +198,11 @@ async fn forward_auth_accepts_access_tokens(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-valet-client-id"), id);
     assert_eq!(header(&headers, "x-valet-scopes"), "orders:read");
+    assert_eq!(
+        header(&headers, "x-valet-owner"),
+        "acme",
+        "the client's owner"
+    );
 
     let (status, _) = check(
         &app,
