@@ -182,6 +182,8 @@ pub enum ServiceError {
     Random(getrandom::Error),
     #[error("could not find a free key id after {ID_ATTEMPTS} attempts")]
     IdExhausted,
+    #[error("{0} kept changing during the update; send the update again")]
+    Contended(String),
     #[error(
         "too many failed attempts named key {id}; retry after {} seconds",
         throttled.retry_after_seconds()

@@ -127,6 +127,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::RollExpired(_) => {
                 Self::new(StatusCode::CONFLICT, "key_expired", err.to_string())
             }
+            ServiceError::Contended(_) => {
+                Self::new(StatusCode::CONFLICT, "update_conflict", err.to_string())
+            }
             ServiceError::InvalidField(ref invalid) => {
                 Self::unprocessable("invalid_field", invalid.to_string())
             }

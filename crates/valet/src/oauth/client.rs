@@ -30,6 +30,8 @@ pub struct ClientRecord {
     pub created_at: OffsetDateTime,
     /// Public JWK set for `private_key_jwt` authentication, if the client uses it.
     pub jwks: Option<serde_json::Value>,
+    /// Number of updates so far. An update is written only over the version it read.
+    pub version: i64,
 }
 
 /// Draws a new client id from the operating system's CSPRNG.

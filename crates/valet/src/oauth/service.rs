@@ -19,6 +19,8 @@ use crate::store::{Cursor, StoreError};
 
 /// Random characters in a token id (`jti`): 22 base62 characters, about 131 bits.
 const JTI_LEN: usize = 22;
+/// How many times a client update starts again after losing to a concurrent update.
+const UPDATE_ATTEMPTS: usize = 8;
 
 /// Error of an OAuth operation, named by its RFC 6749 section 5.2 or RFC 8707 code.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,34 @@ impl ClientUpdate {
             && self.default_audience.is_none()
             && self.token_lifetime_seconds.is_none()
             && self.jwks.is_none()
+    }
+
+    /// Writes the fields this update names into `client`, and checks that the default
+    /// audience is still one of the audiences.
+    fn apply(&self, client: &mut ClientRecord) -> Result<(), OAuthError> {
+        if let Some(name) = &self.name {
+            client.name = name.as_str().to_owned();
+        }
+        if let Some(owner) = &self.owner {
+            client.owner = owner.as_ref().map(|o| o.as_str().to_owned());
+        }
+        if let Some(scopes) = &self.scopes {
+            client.scopes = scopes.to_strings();
+        }
+        if let Some(audiences) = &self.audiences {
+            client.audiences = audiences.clone();
+        }
+        if let Some(default_audience) = &self.default_audience {
+            client.default_audience = default_audience.clone();
+        }
+        if let Some(jwks) = &self.jwks {
+            client.jwks = jwks.clone();
+        }
+        if let Some(lifetime) = self.token_lifetime_seconds {
+            client.token_lifetime_seconds =
+                client::check_lifetime(lifetime).map_err(ServiceError::from)?;
+        }
+        check_default_audience(&client.audiences, client.default_audience.as_deref())
     }
 }
 
@@ -294,6 +324,7 @@ impl OAuthService {
             token_lifetime_seconds: lifetime,
             created_at: model::now(),
             jwks: new.jwks,
+            version: 0,
         };
         self.keys.store().insert_client(&client).await?;
         let secret = self.add_secret(&client.id, None).await?;
@@ -324,43 +355,26 @@ impl OAuthService {
 
     /// Changes a client's fields.
     ///
-    /// NOTE: the client is read, changed and written back, so of two updates of one client
-    /// at the same moment, the later write wins whole.
+    /// The client is read, changed and written back only over the version that was read,
+    /// so a concurrent update of other fields is never overwritten. When another update
+    /// came first, this one starts again from the new version.
     pub async fn update_client(
         &self,
         id: &str,
         update: ClientUpdate,
     ) -> Result<ClientRecord, OAuthError> {
-        let mut client = self.get_client(id).await?;
-        if let Some(name) = update.name {
-            client.name = name.as_str().to_owned();
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut client = self.get_client(id).await?;
+            update.apply(&mut client)?;
+            if self.keys.store().replace_client(&client).await? {
+                client.version += 1;
+                self.keys.client_cache().invalidate(id);
+                tracing::info!(client_id = %id, "updated client");
+                return Ok(client);
+            }
+            tracing::debug!(client_id = %id, "client changed during the update; retrying");
         }
-        if let Some(owner) = update.owner {
-            client.owner = owner.map(|o| o.as_str().to_owned());
-        }
-        if let Some(scopes) = update.scopes {
-            client.scopes = scopes.to_strings();
-        }
-        if let Some(audiences) = update.audiences {
-            client.audiences = audiences;
-        }
-        if let Some(default_audience) = update.default_audience {
-            client.default_audience = default_audience;
-        }
-        if let Some(jwks) = update.jwks {
-            client.jwks = jwks;
-        }
-        if let Some(lifetime) = update.token_lifetime_seconds {
-            client.token_lifetime_seconds =
-                client::check_lifetime(lifetime).map_err(ServiceError::from)?;
-        }
-        check_default_audience(&client.audiences, client.default_audience.as_deref())?;
-        if !self.keys.store().replace_client(&client).await? {
-            return Err(client_not_found(id));
-        }
-        self.keys.client_cache().invalidate(id);
-        tracing::info!(client_id = %id, "updated client");
-        Ok(client)
+        Err(ServiceError::Contended(format!("client {id}")).into())
     }
 
     /// Deletes a client and revokes every one of its secrets.

@@ -318,8 +318,9 @@ pub trait KeyStore: Send + Sync + 'static {
         after: Option<Cursor>,
     ) -> Result<(Vec<ClientRecord>, Option<Cursor>), StoreError>;
 
-    /// Overwrites every field of the client with `client.id` except its creation time;
-    /// returns `false` when the id is unknown.
+    /// Overwrites every field of the client with `client.id` except its creation time, and
+    /// counts up its version, when the stored version is still `client.version`. Returns
+    /// `false` when the id is unknown or another update came first.
     async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError>;
 
     /// In one transaction, revokes every secret of the client at `at` and deletes it;
@@ -448,7 +449,7 @@ where
 
 /// Columns of `oauth_clients` that every read selects, in both backends.
 const CLIENT_COLUMNS: &str = "seq, id, name, owner, scopes, audiences, default_audience, \
-                              token_lifetime_seconds, created_at, jwks";
+                              token_lifetime_seconds, created_at, jwks, version";
 
 /// Turns rows of clients, newest first with one extra row, into a page.
 fn client_page<R>(

@@ -405,8 +405,9 @@ impl KeyStore for PostgresStore {
     async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE oauth_clients SET name = $2, owner = $3, scopes = $4, audiences = $5,
-                 default_audience = $6, token_lifetime_seconds = $7, jwks = $8
-             WHERE id = $1",
+                 default_audience = $6, token_lifetime_seconds = $7, jwks = $8,
+                 version = version + 1
+             WHERE id = $1 AND version = $9",
         )
         .bind(&client.id)
         .bind(&client.name)
@@ -416,6 +417,7 @@ impl KeyStore for PostgresStore {
         .bind(client.default_audience.as_deref())
         .bind(client.token_lifetime_seconds as i32)
         .bind(client.jwks.as_ref().map(Json))
+        .bind(client.version)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -658,6 +660,7 @@ fn read_client(row: &PgRow) -> Result<ClientRecord, StoreError> {
         jwks: row
             .try_get::<Option<Json<serde_json::Value>>, _>("jwks")?
             .map(|Json(jwks)| jwks),
+        version: row.try_get("version")?,
     })
 }
 

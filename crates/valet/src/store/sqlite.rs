@@ -493,8 +493,9 @@ impl KeyStore for SqliteStore {
     async fn replace_client(&self, client: &ClientRecord) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE oauth_clients SET name = ?, owner = ?, scopes = ?, audiences = ?,
-                 default_audience = ?, token_lifetime_seconds = ?, jwks = ?
-             WHERE id = ?",
+                 default_audience = ?, token_lifetime_seconds = ?, jwks = ?,
+                 version = version + 1
+             WHERE id = ? AND version = ?",
         )
         .bind(&client.name)
         .bind(client.owner.as_deref())
@@ -504,6 +505,7 @@ impl KeyStore for SqliteStore {
         .bind(client.token_lifetime_seconds)
         .bind(client.jwks.as_ref().map(|jwks| jwks.to_string()))
         .bind(&client.id)
+        .bind(client.version)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -777,6 +779,7 @@ fn read_client(row: &SqliteRow) -> Result<ClientRecord, StoreError> {
             .try_get::<Option<String>, _>("jwks")?
             .map(|text| serde_json::from_str(&text).map_err(|_| bad("jwks")))
             .transpose()?,
+        version: row.try_get("version")?,
         id,
     })
 }

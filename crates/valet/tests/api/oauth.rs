@@ -22,6 +22,7 @@ on_each_backend!(
     unknown_wrong_and_deleted_clients_look_alike,
     rolled_secret_works_through_grace,
     client_management_round_trip,
+    concurrent_client_updates_keep_both,
     introspection_reports_tokens_and_keys,
     revocation_denies_token_until_expiry,
     rotation_keeps_old_tokens_verifiable,
@@ -30,6 +31,27 @@ on_each_backend!(
 );
 
 const AUDIENCE: &str = "https://orders.example";
+
+async fn concurrent_client_updates_keep_both(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let client = create_client(&app).await;
+    let path = format!("/v1/clients/{}", client["client_id"].as_str().unwrap());
+
+    // Each round changes two different fields at once; neither change may be lost.
+    for round in 0..8 {
+        let name = format!("worker {round}");
+        let owner = format!("team-{round}");
+        let (renamed, reowned) = tokio::join!(
+            app.admin(Method::PATCH, &path, Some(json!({ "name": name }))),
+            app.admin(Method::PATCH, &path, Some(json!({ "owner": owner }))),
+        );
+        assert_eq!(renamed.status(), 200, "round {round}: rename");
+        assert_eq!(reowned.status(), 200, "round {round}: new owner");
+        let shown = app.admin_json(Method::GET, &path, None).await;
+        assert_eq!(shown["name"], name.as_str(), "round {round}: {shown}");
+        assert_eq!(shown["owner"], owner.as_str(), "round {round}: {shown}");
+    }
+}
 
 /// Registers a client with two scopes and one audience; returns its JSON with the secret.
 async fn create_client(app: &TestApp) -> Value {
