@@ -159,16 +159,7 @@ async fn check_api_key(
             // A rolled key in its grace period reports when it stops working.
             sunset: record.successor_id.as_ref().and(record.expires_at),
         }),
-        (VerifyCode::InsufficientScope, Some(record)) => {
-            let missing = record
-                .missing_scope(required)
-                .map(|scope| scope.as_str().to_owned());
-            Err(Box::new(challenge(
-                StatusCode::FORBIDDEN,
-                Some("insufficient_scope"),
-                missing,
-            )))
-        }
+        (VerifyCode::InsufficientScope, Some(_)) => Err(insufficient_scope(state, required)),
         _ => Err(Box::new(invalid_token_response())),
     }
 }
@@ -183,12 +174,11 @@ async fn check_access_token(
         return Err(Box::new(invalid_token_response()));
     };
     let granted: Vec<&str> = claims.scope.split(' ').collect();
-    if let Some(missing) = required.iter().find(|s| !granted.contains(&s.as_str())) {
-        return Err(Box::new(challenge(
-            StatusCode::FORBIDDEN,
-            Some("insufficient_scope"),
-            Some(missing.as_str().to_owned()),
-        )));
+    if required
+        .iter()
+        .any(|scope| !granted.contains(&scope.as_str()))
+    {
+        return Err(insufficient_scope(state, required));
     }
     let owner = state
         .oauth
@@ -260,6 +250,20 @@ fn invalid_request(description: &str) -> Response {
 }
 
 /// Builds a response with an RFC 6750 section 3 `WWW-Authenticate: Bearer` challenge.
+/// Builds the 403 for a credential that lacks one of `required`. Its challenge lists every
+/// required scope, as RFC 6750 section 3 defines the `scope` attribute, so the caller
+/// learns the whole set in one answer. A scope that looks like a key is redacted, because
+/// the scopes come from the request.
+fn insufficient_scope(state: &AppState, required: &Scopes) -> Refusal {
+    let scopes: Vec<&str> = required.iter().map(|scope| scope.as_str()).collect();
+    let prefix = state.service.format().prefix().as_str();
+    Box::new(challenge(
+        StatusCode::FORBIDDEN,
+        Some("insufficient_scope"),
+        Some(crate::redact::redact_keys(&scopes.join(" "), prefix)),
+    ))
+}
+
 fn challenge(status: StatusCode, error: Option<&str>, scope: Option<String>) -> Response {
     let mut value = "Bearer realm=\"valet\"".to_owned();
     if let Some(error) = error {

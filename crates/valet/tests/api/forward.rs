@@ -140,6 +140,32 @@ async fn forward_auth_refuses_with_rfc6750(backend: Backend) {
     );
     assert!(challenge.contains("scope=\"orders:write\""), "{challenge}");
 
+    let (status, headers) = check(
+        &app,
+        Method::GET,
+        "?scope=orders:read%20orders:write",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 403, "one of two scopes missing");
+    let challenge = header(&headers, "www-authenticate");
+    assert!(
+        challenge.contains("scope=\"orders:read orders:write\""),
+        "the challenge lists every required scope: {challenge}"
+    );
+
+    // A required scope that looks like a key is not sent back in the challenge.
+    let (status, headers) = check(
+        &app,
+        Method::GET,
+        &format!("?scope={raw}"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 403, "a key-like scope is missing");
+    let challenge = header(&headers, "www-authenticate");
+    assert!(!challenge.contains(&raw[..20]), "{challenge}");
+
     let (status, _) = check(
         &app,
         Method::GET,
