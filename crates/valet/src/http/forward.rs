@@ -195,8 +195,8 @@ async fn check_access_token(
 }
 
 /// Builds the response for an error of the OAuth service. A failure of the key service or
-/// its store gets the response of the API key path (503 with `Retry-After` when the store
-/// is unavailable); any other error is an invalid token.
+/// its store gets the response of the API key path, such as 503 with `Retry-After` when
+/// the store is unavailable. Any other error is an invalid token.
 fn oauth_refusal(err: OAuthError) -> Refusal {
     match err {
         OAuthError::Service(err) => service_refusal(err),
@@ -249,11 +249,10 @@ fn invalid_request(description: &str) -> Response {
     response
 }
 
-/// Builds a response with an RFC 6750 section 3 `WWW-Authenticate: Bearer` challenge.
 /// Builds the 403 for a credential that lacks one of `required`. Its challenge lists every
 /// required scope, as RFC 6750 section 3 defines the `scope` attribute, so the caller
-/// learns the whole set in one answer. A scope that looks like a key is redacted, because
-/// the scopes come from the request.
+/// learns the whole set from one response. A scope that looks like a key is redacted,
+/// because the scopes come from the request.
 fn insufficient_scope(state: &AppState, required: &Scopes) -> Refusal {
     let scopes: Vec<&str> = required.iter().map(|scope| scope.as_str()).collect();
     let prefix = state.service.format().prefix().as_str();
@@ -264,6 +263,7 @@ fn insufficient_scope(state: &AppState, required: &Scopes) -> Refusal {
     ))
 }
 
+/// Builds a response with an RFC 6750 section 3 `WWW-Authenticate: Bearer` challenge.
 fn challenge(status: StatusCode, error: Option<&str>, scope: Option<String>) -> Response {
     let mut value = "Bearer realm=\"valet\"".to_owned();
     if let Some(error) = error {
