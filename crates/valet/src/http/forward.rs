@@ -27,6 +27,11 @@ pub struct ForwardParams {
     scope: Option<String>,
 }
 
+/// Longest list of scopes that a 403 challenge names. nginx reads the headers of an
+/// `auth_request` response into `proxy_buffer_size`, 4 KiB or 8 KiB by default, and a
+/// longer header would turn the 403 into a 500.
+const MAX_CHALLENGE_SCOPE_BYTES: usize = 1024;
+
 /// A refusal response, boxed because a response is large and refusals are the rare path.
 type Refusal = Box<Response>;
 
@@ -252,14 +257,16 @@ fn invalid_request(description: &str) -> Response {
 /// Builds the 403 for a credential that lacks one of `required`. Its challenge lists every
 /// required scope, as RFC 6750 section 3 defines the `scope` attribute, so the caller
 /// learns the whole set from one response. A scope that looks like a key is redacted,
-/// because the scopes come from the request.
+/// because the scopes come from the request. A list longer than
+/// [`MAX_CHALLENGE_SCOPE_BYTES`] is left out, so that the header fits a proxy's buffer.
 fn insufficient_scope(state: &AppState, required: &Scopes) -> Refusal {
     let scopes: Vec<&str> = required.iter().map(|scope| scope.as_str()).collect();
     let prefix = state.service.format().prefix().as_str();
+    let listed = crate::redact::redact_keys(&scopes.join(" "), prefix);
     Box::new(challenge(
         StatusCode::FORBIDDEN,
         Some("insufficient_scope"),
-        Some(crate::redact::redact_keys(&scopes.join(" "), prefix)),
+        Some(listed).filter(|listed| listed.len() <= MAX_CHALLENGE_SCOPE_BYTES),
     ))
 }
 

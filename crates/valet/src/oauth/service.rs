@@ -564,10 +564,14 @@ impl OAuthService {
         Ok(self.keys.store().is_token_revoked(jti).await?)
     }
 
-    /// Introspects an access token or a Valet API key (RFC 7662).
+    /// Introspects an access token or a Valet API key (RFC 7662). A token is inactive once
+    /// revoked, and once its client is deleted.
     pub async fn introspect(&self, token: &str) -> Result<Introspection, OAuthError> {
         if let Some(claims) = self.decode_access_token(token) {
             if self.is_revoked(&claims.jti).await? {
+                return Ok(Introspection::Inactive);
+            }
+            if self.find_client(&claims.client_id).await?.is_none() {
                 return Ok(Introspection::Inactive);
             }
             return Ok(Introspection::AccessToken(claims));

@@ -166,6 +166,32 @@ async fn forward_auth_refuses_with_rfc6750(backend: Backend) {
     let challenge = header(&headers, "www-authenticate");
     assert!(!challenge.contains(&raw[..20]), "{challenge}");
 
+    // Many long required scopes: still a 403, with a challenge that stays short.
+    let many: Vec<String> = (0..64)
+        .map(|i| format!("read:{i:0>3}:{}", "a.".repeat(59)))
+        .collect();
+    let (status, headers) = check(
+        &app,
+        Method::GET,
+        "",
+        &[
+            ("authorization", &bearer),
+            ("x-valet-required-scopes", &many.join(" ")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "64 long scopes are missing");
+    let challenge = header(&headers, "www-authenticate");
+    assert!(
+        challenge.len() <= 1200,
+        "challenge of {} bytes",
+        challenge.len()
+    );
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+
     let (status, _) = check(
         &app,
         Method::GET,
@@ -250,4 +276,18 @@ async fn forward_auth_accepts_access_tokens(backend: Backend) {
     assert_eq!(revoked.status(), 200);
     let (status, _) = check(&app, Method::GET, "", &[("authorization", &bearer)]).await;
     assert_eq!(status, 401, "a revoked token is refused");
+
+    // A token of a deleted client is refused, although it was never revoked itself.
+    let fresh = app
+        .access_token(id, client["client_secret"].as_str().unwrap())
+        .await;
+    let bearer = format!("Bearer {fresh}");
+    let (status, _) = check(&app, Method::GET, "", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200, "the new token passes");
+    let deleted = app
+        .admin(Method::DELETE, &format!("/v1/clients/{id}"), None)
+        .await;
+    assert_eq!(deleted.status(), 204);
+    let (status, _) = check(&app, Method::GET, "", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 401, "a token of a deleted client is refused");
 }
