@@ -228,11 +228,12 @@ impl OAuthService {
         }
         let now = model::now();
         let key = SigningKeyRecord::generate(algorithm, now, now)?;
-        self.keys
-            .store()
-            .insert_signing_key(&self.for_store(&key)?)
-            .await?;
-        tracing::info!(kid = %key.kid, algorithm = key.algorithm.as_str(), "created signing key");
+        let stored = self.for_store(&key)?;
+        if self.keys.store().insert_first_signing_key(&stored).await? {
+            tracing::info!(kid = %key.kid, algorithm = key.algorithm.as_str(), "created signing key");
+        } else {
+            tracing::info!("another process created a signing key; using it");
+        }
         self.reload_signing_keys().await
     }
 

@@ -147,9 +147,12 @@ impl KeyStore for GuardedStore {
         self.call("signing_keys", self.inner.signing_keys()).await
     }
 
-    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        self.call("insert_signing_key", self.inner.insert_signing_key(key))
-            .await
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        self.call(
+            "insert_first_signing_key",
+            self.inner.insert_first_signing_key(key),
+        )
+        .await
     }
 
     async fn rotate_signing_key(

@@ -330,8 +330,12 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Loads every signing key that is not retired.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
-    /// Stores a new signing key.
-    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    /// Stores `key` only if no stored key can sign now, and returns whether it did. The
+    /// check and the insert are one step for every process on the store, so of several
+    /// nodes that start at once on a store without a signing key, exactly one creates it.
+    /// "Now" is read after the lock, with [`SIGNING_CLOCK_SLACK`] for nodes whose clocks
+    /// differ.
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError>;
 
     /// In one transaction, stores `key` and sets `retired_at` of every other unretired
     /// key to `retire_at`.
@@ -476,6 +480,10 @@ where
     };
     Ok((clients, next))
 }
+
+/// How far ahead of this node's clock another node's new signing key may start to sign and
+/// still count as a key that signs now, for [`KeyStore::insert_first_signing_key`].
+pub const SIGNING_CLOCK_SLACK: time::Duration = time::Duration::minutes(1);
 
 /// Columns of `api_keys` that every read selects, in both backends.
 const COLUMNS: &str = "seq, id, key_hash, name, owner, scopes, env, metadata, created_at, \

@@ -470,8 +470,28 @@ impl KeyStore for PostgresStore {
             .collect()
     }
 
-    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        insert_signing_key(&self.pool, key).await
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // As in `insert_first_key`: a second node waits here, then finds the first key.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FIRST_SIGNING_KEY_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let now = crate::model::now();
+        let can_sign: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signing_keys
+                 WHERE signs_from <= $1 AND (retired_at IS NULL OR retired_at > $2))",
+        )
+        .bind(now + super::SIGNING_CLOCK_SLACK)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if can_sign {
+            return Ok(false);
+        }
+        insert_signing_key(&mut *tx, key).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn rotate_signing_key(
@@ -563,6 +583,10 @@ impl KeyStore for PostgresStore {
 /// Key of the advisory lock that serialises [`KeyStore::insert_first_key`] across nodes:
 /// "valet:1k" in ASCII, so that it is unlikely to meet another application's lock.
 const FIRST_KEY_LOCK: i64 = 0x7661_6c65_743a_316b;
+
+/// Key of the advisory lock that serialises [`KeyStore::insert_first_signing_key`]:
+/// "valet:1s" in ASCII.
+const FIRST_SIGNING_KEY_LOCK: i64 = 0x7661_6c65_743a_3173;
 
 const INSERT: &str = "INSERT INTO api_keys
     (id, key_hash, name, owner, scopes, env, metadata, created_at, expires_at, client_id)

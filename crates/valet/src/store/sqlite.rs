@@ -566,8 +566,24 @@ impl KeyStore for SqliteStore {
             .collect()
     }
 
-    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
-        insert_signing_key(&self.pool, key).await
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        // IMMEDIATE takes the write lock before the check, as in `insert_first_key`.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = crate::model::now();
+        let can_sign: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signing_keys
+                 WHERE signs_from <= ? AND (retired_at IS NULL OR retired_at > ?))",
+        )
+        .bind(to_micros(now + super::SIGNING_CLOCK_SLACK))
+        .bind(to_micros(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        if can_sign {
+            return Ok(false);
+        }
+        insert_signing_key(&mut *tx, key).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn rotate_signing_key(

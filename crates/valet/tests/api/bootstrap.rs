@@ -1,10 +1,12 @@
-//! First start on an empty store: the schema is migrated once and exactly one bootstrap
-//! admin key is created, however many nodes start at the same moment.
+//! First start on an empty store: the schema is migrated once, and exactly one bootstrap
+//! admin key and one signing key are created, however many nodes start at the same moment.
 
 use std::sync::Arc;
 
 use valet::key::KeyFormat;
 use valet::model::Scopes;
+use valet::oauth::service::OAuthService;
+use valet::oauth::signing::SigningAlgorithm;
 use valet::service::{KeyService, VerifyCode};
 
 use crate::helpers::{Backend, TestStore, on_each_backend};
@@ -14,7 +16,8 @@ const NODES: usize = 6;
 
 on_each_backend!(
     concurrent_starts_migrate_once,
-    concurrent_starts_bootstrap_once
+    concurrent_starts_bootstrap_once,
+    concurrent_starts_create_one_signing_key,
 );
 
 async fn concurrent_starts_migrate_once(backend: Backend) {
@@ -34,12 +37,18 @@ async fn concurrent_starts_migrate_once(backend: Backend) {
     }
 }
 
-async fn concurrent_starts_bootstrap_once(backend: Backend) {
+/// Creates and migrates an empty store; returns it, to be kept alive, and its URL.
+async fn migrated_store(backend: Backend) -> (TestStore, String) {
     let store = TestStore::create(backend).await;
     let url = store.url();
     valet::store::connect(&url, true)
         .await
         .expect("create and migrate the store");
+    (store, url)
+}
+
+async fn concurrent_starts_bootstrap_once(backend: Backend) {
+    let (_store, url) = migrated_store(backend).await;
 
     // Each node has its own connection pool, as separate processes would.
     let mut services = Vec::new();
@@ -71,5 +80,39 @@ async fn concurrent_starts_bootstrap_once(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(verification.code, VerifyCode::Valid, "every node admits it");
+    }
+}
+
+async fn concurrent_starts_create_one_signing_key(backend: Backend) {
+    let (_store, url) = migrated_store(backend).await;
+
+    let mut nodes = Vec::new();
+    for _ in 0..NODES {
+        let pool = valet::store::connect(&url, false).await.expect("connect");
+        let keys = Arc::new(KeyService::new(pool, KeyFormat::default()));
+        let issuer = "http://127.0.0.1:8080".to_owned();
+        nodes.push(Arc::new(OAuthService::new(keys, issuer)));
+    }
+    let starts: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move { node.ensure_signing_key(SigningAlgorithm::Es256).await })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().expect("signing key ready");
+    }
+
+    let check = valet::store::connect(&url, false).await.expect("connect");
+    let stored = check.signing_keys().await.unwrap();
+    assert_eq!(stored.len(), 1, "one signing key for all nodes");
+    let kid = stored[0].kid.as_str();
+    for node in &nodes {
+        let jwks = node.jwks();
+        assert_eq!(
+            jwks["keys"][0]["kid"], kid,
+            "every node publishes it: {jwks}"
+        );
     }
 }
