@@ -176,42 +176,37 @@ async fn run(options: &Options, work_dir: &std::path::Path) -> anyhow::Result<()
 }
 
 async fn verify(http: &reqwest::Client, base: &str, admin: &str, key: &str) -> bool {
-    let response = http
+    let request = http
         .post(format!("{base}/v1/keys/verify"))
         .bearer_auth(admin)
-        .json(&json!({ "key": key }))
-        .send()
-        .await;
-    let Ok(response) = response else {
-        return false;
-    };
-    if response.status() != 200 {
-        return false;
-    }
-    let body: Option<Value> = response.json().await.ok();
-    body.is_some_and(|body| body["code"] == "VALID")
+        .json(&json!({ "key": key }));
+    succeeded(request, |body| body["code"] == "VALID").await
 }
 
 async fn token(http: &reqwest::Client, base: &str, client_id: &str, secret: &str) -> bool {
-    let response = http
+    let request = http
         .post(format!("{base}/oauth/token"))
         .basic_auth(client_id, Some(secret))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await;
-    let Ok(response) = response else {
+        .body("grant_type=client_credentials");
+    succeeded(request, |body| {
+        body["access_token"]
+            .as_str()
+            .is_some_and(|token| token.split('.').count() == 3)
+    })
+    .await
+}
+
+/// Sends `request` and returns whether it got 200 with a JSON body that passes `check`.
+async fn succeeded(request: reqwest::RequestBuilder, check: impl Fn(&Value) -> bool) -> bool {
+    let Ok(response) = request.send().await else {
         return false;
     };
     if response.status() != 200 {
         return false;
     }
     let body: Option<Value> = response.json().await.ok();
-    body.is_some_and(|body| {
-        body["access_token"]
-            .as_str()
-            .is_some_and(|t| t.split('.').count() == 3)
-    })
+    body.is_some_and(|body| check(&body))
 }
 
 fn report(options: &Options, counts: &Counts, samples: &[(Duration, u64)], elapsed: Duration) {

@@ -269,7 +269,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     /// Returns whether the key has expired at `now`, in microseconds since the Unix epoch
-    /// (see [`now_micros`]); a key expires at its `expires_at`.
+    /// (see [`now_micros`]). A key expires at its `expires_at`.
     pub fn is_expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|at| to_micros(at) <= now)
     }

@@ -27,7 +27,7 @@ pub struct ForwardParams {
     scope: Option<String>,
 }
 
-/// Longest list of scopes that a 403 challenge names. nginx reads the headers of an
+/// Maximum length in bytes of the scope list that a 403 challenge names. nginx reads the headers of an
 /// `auth_request` response into `proxy_buffer_size`, 4 KiB or 8 KiB by default, and a
 /// longer header would turn the 403 into a 500.
 const MAX_CHALLENGE_SCOPE_BYTES: usize = 1024;
@@ -175,7 +175,7 @@ async fn check_access_token(
     required: &Scopes,
 ) -> Result<Identity, Refusal> {
     let introspection = state.oauth.introspect(token).await.map_err(oauth_refusal)?;
-    let crate::oauth::service::Introspection::AccessToken(claims) = introspection else {
+    let crate::oauth::service::Introspection::AccessToken { claims, client } = introspection else {
         return Err(Box::new(invalid_token_response()));
     };
     let granted: Vec<&str> = claims.scope.split(' ').collect();
@@ -185,16 +185,11 @@ async fn check_access_token(
     {
         return Err(insufficient_scope(state, required));
     }
-    let owner = state
-        .oauth
-        .client_owner(&claims.client_id)
-        .await
-        .map_err(oauth_refusal)?;
     Ok(Identity {
         key_id: None,
         client_id: Some(claims.client_id.clone()),
         scopes: claims.scope.clone(),
-        owner,
+        owner: client.owner.clone(),
         sunset: None,
     })
 }

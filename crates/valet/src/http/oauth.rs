@@ -562,7 +562,7 @@ pub async fn introspect(
         .map_err(|err| OAuthErrorResponse::from_error(err, false))?;
     let body = match introspection {
         Introspection::Inactive => json!({ "active": false }),
-        Introspection::AccessToken(claims) => json!({
+        Introspection::AccessToken { claims, .. } => json!({
             "active": true,
             "token_type": "Bearer",
             "scope": claims.scope,

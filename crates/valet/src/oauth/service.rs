@@ -163,7 +163,11 @@ pub enum Caller {
 #[derive(Debug)]
 pub enum Introspection {
     Inactive,
-    AccessToken(VerifiedToken),
+    /// An active access token, with the client it was issued to.
+    AccessToken {
+        claims: VerifiedToken,
+        client: Arc<ClientRecord>,
+    },
     ApiKey(crate::model::KeyRecord),
 }
 
@@ -438,13 +442,6 @@ impl OAuthService {
             .ok_or(OAuthError::InvalidClient)
     }
 
-    /// Returns the owner of the client with `id`, or `None` when it has none or no longer
-    /// exists. Reads the client cache while the change feed is connected.
-    pub async fn client_owner(&self, id: &str) -> Result<Option<String>, OAuthError> {
-        let client = self.find_client(id).await?;
-        Ok(client.and_then(|client| client.owner.clone()))
-    }
-
     /// Loads a client from the client cache while the change feed is connected, else from
     /// the store.
     async fn find_client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, OAuthError> {
@@ -572,10 +569,10 @@ impl OAuthService {
             if self.is_revoked(&claims.jti).await? {
                 return Ok(Introspection::Inactive);
             }
-            if self.find_client(&claims.client_id).await?.is_none() {
+            let Some(client) = self.find_client(&claims.client_id).await? else {
                 return Ok(Introspection::Inactive);
-            }
-            return Ok(Introspection::AccessToken(claims));
+            };
+            return Ok(Introspection::AccessToken { claims, client });
         }
         let verification = self.keys.verify(token, &Scopes::default()).await?;
         match (verification.code, verification.key) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::StoreError;
 
-/// How long calls fail without a try after the store was found unreachable. It matches the
+/// How long calls fail without reaching the store after it was found unreachable. It matches the
 /// `Retry-After: 1` of the 503 that such a failure becomes.
 pub const OPEN_FOR: Duration = Duration::from_secs(1);
 
@@ -23,7 +23,7 @@ const PROBE_FOR: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Breaker {
     started: Instant,
-    /// Milliseconds after `started` until which calls fail at once; 0 when closed.
+    /// Milliseconds after `started` until which calls fail at once, or 0 while closed.
     open_until: AtomicU64,
 }
 
@@ -113,7 +113,7 @@ mod tests {
         breaker.open_until.load(Ordering::Acquire) > breaker.now_millis()
     }
 
-    fn refused() -> Result<(), StoreError> {
+    fn connection_refused() -> Result<(), StoreError> {
         Err(StoreError::Unavailable(sqlx::Error::Io(
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         )))
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn breaker_opens_on_unreachable_store() {
         let breaker = Breaker::default();
-        breaker.record(&refused());
+        breaker.record(&connection_refused());
         assert!(is_open(&breaker));
         let rejected = breaker.admit().unwrap_err();
         assert!(rejected.is_unreachable(), "{rejected}");
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn breaker_lets_one_probe_through() {
         let breaker = Breaker::default();
-        breaker.record(&refused());
+        breaker.record(&connection_refused());
         // Moves the end of the open interval into the past.
         breaker.open_until.store(1, Ordering::Release);
         assert!(breaker.admit().is_ok(), "the first caller probes");
@@ -164,10 +164,10 @@ mod tests {
     #[test]
     fn breaker_reopens_after_failed_probe() {
         let breaker = Breaker::default();
-        breaker.record(&refused());
+        breaker.record(&connection_refused());
         breaker.open_until.store(1, Ordering::Release);
         assert!(breaker.admit().is_ok());
-        breaker.record(&refused());
+        breaker.record(&connection_refused());
         assert!(is_open(&breaker));
         assert!(breaker.admit().is_err());
     }

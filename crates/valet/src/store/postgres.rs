@@ -472,7 +472,7 @@ impl KeyStore for PostgresStore {
 
     async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // As in `insert_first_key`: a second node waits here, then finds the first key.
+        // As in `insert_first_key`, a second node waits here and then finds the first key.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(FIRST_SIGNING_KEY_LOCK)
             .execute(&mut *tx)

@@ -37,7 +37,8 @@ async fn concurrent_starts_migrate_once(backend: Backend) {
     }
 }
 
-/// Creates and migrates an empty store; returns it, to be kept alive, and its URL.
+/// Creates and migrates an empty store, and returns it with its URL. The store is removed
+/// when the returned value is dropped.
 async fn migrated_store(backend: Backend) -> (TestStore, String) {
     let store = TestStore::create(backend).await;
     let url = store.url();

@@ -277,7 +277,7 @@ async fn forward_auth_accepts_access_tokens(backend: Backend) {
     let (status, _) = check(&app, Method::GET, "", &[("authorization", &bearer)]).await;
     assert_eq!(status, 401, "a revoked token is refused");
 
-    // A token of a deleted client is refused, although it was never revoked itself.
+    // A token of a deleted client is rejected, although it was never revoked itself.
     let fresh = app
         .access_token(id, client["client_secret"].as_str().unwrap())
         .await;

@@ -47,9 +47,9 @@ async fn concurrent_client_updates_keep_both(backend: Backend) {
         );
         assert_eq!(renamed.status(), 200, "round {round}: rename");
         assert_eq!(reowned.status(), 200, "round {round}: new owner");
-        let shown = app.admin_json(Method::GET, &path, None).await;
-        assert_eq!(shown["name"], name.as_str(), "round {round}: {shown}");
-        assert_eq!(shown["owner"], owner.as_str(), "round {round}: {shown}");
+        let current = app.admin_json(Method::GET, &path, None).await;
+        assert_eq!(current["name"], name.as_str(), "round {round}: {current}");
+        assert_eq!(current["owner"], owner.as_str(), "round {round}: {current}");
     }
 }
 
